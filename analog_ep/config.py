@@ -1,0 +1,183 @@
+"""The run configuration: dataclasses are the schema, YAML holds data, `--set a.b=c` overrides.
+
+`RunConfig` nests every stage's config. `load_config` reads a YAML file onto the defaults and
+applies overrides; every problem (unknown key with a did-you-mean, wrong type, out-of-range
+value, missing file) is a `ConfigError` whose message names the file and the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import yaml
+
+from analog_ep.data.text import TextDataConfig
+from analog_ep.errors import ConfigError
+from analog_ep.estimator.ep import EPConfig
+from analog_ep.model.transformer import TransformerConfig
+from analog_ep.relax.solvers import RelaxConfig
+from analog_ep.train.optim import OptimizerConfig, ScheduleConfig
+from analog_ep.train.stabilizers import StabilizerConfig
+from analog_ep.train.twin import TrainConfig
+
+
+def _default_model() -> TransformerConfig:
+    # Small enough for a 2-core CPU; embeddings at unit scale keep LayerNorm's Jacobian O(1),
+    # so the free phase settles in tens of steps from the first update on.
+    return TransformerConfig(context=32, width=64, heads=4, embed_scale=1.0)
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; the resolved form is saved beside every result."""
+
+    model: TransformerConfig = field(default_factory=_default_model)
+    """The equilibrium transformer block (vocab_size and context follow the data)."""
+    data: TextDataConfig = field(default_factory=lambda: TextDataConfig(context=32))
+    """Character-level corpus (default: CPython's documentation text)."""
+    relax: RelaxConfig = field(default_factory=lambda: RelaxConfig(steps=40))
+    """Free-phase relaxation."""
+    ep: EPConfig = field(default_factory=EPConfig)
+    """Nudged phases and the EP estimator."""
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adamw", lr=3e-3))
+    """Optimizer."""
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="cosine", warmup=20,
+                                                                            total_steps=300))
+    """Learning-rate schedule (total_steps follows train.steps)."""
+    stabilizers: StabilizerConfig = field(default_factory=lambda: StabilizerConfig(
+        jacreg=0.1, residual_target=3e-3, residual_ema=0.9))
+    """Stabilisers around each step."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training loop."""
+
+    def resolve(self) -> "RunConfig":
+        """Tie the fields that must agree (context, schedule length) and re-validate."""
+        self.model.context = self.data.context
+        self.schedule.total_steps = self.train.steps
+        if self.schedule.warmup >= self.train.steps:  # a shortened run keeps a proportional warmup
+            self.schedule.warmup = self.train.steps // 5
+        self.schedule.__post_init__()
+        return self
+
+
+def to_dict(obj) -> dict:
+    """Plain nested dict of a (nested) config dataclass, tuples as lists (YAML friendly)."""
+    def plain(v):
+        if is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+    return plain(obj)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(options)}"
+
+
+def _coerce(value, hint, key: str, source: str):
+    """Check/convert a YAML value to the annotated type; raises ConfigError on mismatch."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError:
+                continue
+        raise ConfigError(key, value, f"expected {hint}", "fix the value's type", source)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, value, "expected a list", "write it as [a, b, ...]", source)
+        args = typing.get_args(hint)
+        item = args[0] if args else typing.Any
+        return tuple(_coerce(v, item, key, source) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, value, "expected true or false", "", source)
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(key, value, "expected an integer", "", source)
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(key, value, "expected a number", "", source)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(key, value, "expected a string", "quote it", source)
+    return value
+
+
+def merge(obj, data: dict, source: str, prefix: str = ""):
+    """Return a copy of dataclass `obj` with the mapping `data` applied (validated, recursive)."""
+    if not isinstance(data, dict):
+        raise ConfigError(prefix.rstrip(".") or "<root>", data, "expected a mapping of keys", "", source)
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in fields(obj)]
+    changes = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(full, value, "unknown key", _suggest(str(key), names), source)
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            changes[key] = merge(current, value, source, full + ".")
+        else:
+            changes[key] = _coerce(value, hints[key], full, source)
+    try:
+        return dataclasses.replace(obj, **changes)
+    except ConfigError as err:  # re-raise with the full dotted key and the source
+        raise ConfigError(f"{prefix}{err.key}", err.value, err.problem, err.fix, source) from None
+
+
+def parse_override(text: str) -> dict:
+    """'a.b=c' -> {'a': {'b': <c parsed as YAML>}}."""
+    if "=" not in text:
+        raise ConfigError("--set", text, "expected key=value", "e.g. --set train.steps=100", "command line")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Defaults <- YAML file (if any) <- `--set` overrides, resolved and validated."""
+    cfg = RunConfig()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("config", str(path), "file not found", "check the path", str(path))
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            line = getattr(getattr(err, "problem_mark", None), "line", None)
+            where = f" at line {line + 1}" if line is not None else ""
+            raise ConfigError("yaml", str(path), f"not valid YAML{where}", "fix the syntax", str(path)) from None
+        cfg = merge(cfg, data, str(path))
+    for text in overrides:
+        cfg = merge(cfg, parse_override(text), "--set")
+    return cfg.resolve()

@@ -1,0 +1,91 @@
+"""The contract every equilibrium model satisfies.
+
+A model is a vector field (force) `F(z; x_in, theta)` on a state `z`, a readout `logits(z)` and a
+loss. Relaxation, estimators and diagnostics only ever talk to this interface, so the thick
+transformer block, its research variants and the equilibrium MLP are interchangeable.
+
+Conventions
+-----------
+* `z` has the batch on its first dimension; samples never interact through the force, so norms
+  and solvers may treat each sample independently.
+* `drive(x)` maps raw inputs to the clamp term `x_in` that the force needs. It is differentiable
+  (embeddings are trained through the clamp), so call it under `torch.no_grad()` for relaxation.
+* `force` and `nc_force` are pure functions of `(z, x_in)` and the current parameters. Models whose
+  `analytic` is True accept complex `z` (holomorphic extension) with real parameters.
+* `nc_force` is the non-conservative part of the force: the part whose Jacobian is not symmetric.
+  The AEP correction and the Jacobian penalty act on it. `None` means the force is conservative.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+class EquilibriumModel(nn.Module):
+    """Abstract base: subclasses implement the force, the readout and the parameter grouping."""
+
+    #: True when `force`, `nc_force` and `loss_grad` extend holomorphically to complex `z`.
+    analytic: bool = False
+
+    # ---- the dynamical system -------------------------------------------------------------
+    def drive(self, x: torch.Tensor) -> torch.Tensor:
+        """Clamp term `x_in` for raw input `x` (token ids, pixels...)."""
+        raise NotImplementedError
+
+    def initial_state(self, x_in: torch.Tensor) -> torch.Tensor:
+        """Where a relaxation starts, as a differentiable function of `x_in`.
+
+        Relaxations detach it; BPTT keeps the graph (the start point carries gradient to the clamp).
+        """
+        return x_in
+
+    def force(self, z: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+        """The vector field `F(z)`; the fixed point is `F(z*) = 0`."""
+        raise NotImplementedError
+
+    def nc_force(self, z: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor | None:
+        """Non-conservative part `F_nc(z)` of the force (None if the force is a gradient field)."""
+        return None
+
+    # ---- readout and task ------------------------------------------------------------------
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Class scores read from the state, shape (..., n_classes)."""
+        raise NotImplementedError
+
+    def loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the readout against integer targets `y`."""
+        logits = self.logits(z)
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    def loss_grad(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """d loss / d z in closed form (complex-capable when `analytic`); no autograd graph."""
+        raise NotImplementedError
+
+    # ---- parameters ------------------------------------------------------------------------
+    def readout_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Parameters that do not enter the force (trained by their local gradient)."""
+        return []
+
+    def force_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Parameters that enter the force (trained by the EP vector-field contrast)."""
+        readout = {id(p) for _, p in self.readout_parameters()}
+        return [(n, p) for n, p in self.named_parameters() if id(p) not in readout]
+
+    def param_group(self, name: str) -> str:
+        """Group of a parameter for per-group diagnostics (attention, ffn, layernorm, ...)."""
+        return "other"
+
+    def groups(self) -> dict[str, list[str]]:
+        """Group name -> parameter names, in parameter order."""
+        out: dict[str, list[str]] = {}
+        for name, _ in self.named_parameters():
+            out.setdefault(self.param_group(name), []).append(name)
+        return out
+
+    def weight_matrices(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The 2-D weights of the force (the ones that live on crossbars in the analog twin)."""
+        for name, p in self.force_parameters():
+            if p.ndim == 2 and self.param_group(name) != "embeddings":
+                yield name, p

@@ -1,0 +1,238 @@
+"""The equilibrium transformer block and the research trainer's other force modes.
+
+State z: (B, T, C), one vector per token. Input clamp x_in = tok[idx] + pos. Modes:
+
+* ``thick`` - a pre-LN transformer block run as a fixed point:
+      F(z) = -(z - x_in) + Attn(LN1 z) + FFN(LN2 z) - c z
+  Untied Q/K/V/O and an untied 4x tanh-GELU FFN: non-conservative, F_nc = Attn + FFN.
+* ``real``  - Hopfield memory energy plus damped non-conservative attention:
+      F(z) = -(z - x_in) + 2 relu(z Wm) Wm^T + s (Attn(z) - c z),  F_nc = s Attn(z)
+* ``energy`` - conservative: F = -grad E with
+      E = 1/2|z - x_in|^2 - sum relu(z Wm)^2 - (1/gamma) sum LSE(gamma q.k) + c/2 |z|^2
+  (log-sum-exp attention energy, value tied to key); classic EP is exact, F_nc = None.
+* ``mono`` - monotone-operator contraction (Winston & Kolter 2020):
+      F(z) = -(m z + z P^T P) + z (Q - Q^T)^T + x_in + 2 relu(z Wm) Wm^T + s Attn(z)
+  whose linear part has symmetric part <= -m I; F_nc = z (Q - Q^T)^T + s Attn(z).
+
+Weights are stored (in, out) and applied as ``x @ W``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from analog_ep.errors import check
+from analog_ep.model.base import EquilibriumModel
+from analog_ep.model.layers import (
+    cross_entropy_grad,
+    gelu_tanh,
+    layer_norm,
+    masked_softmax,
+    matmul,
+    rms_norm,
+)
+
+MODES = ("thick", "real", "energy", "mono")
+
+
+@dataclass
+class TransformerConfig:
+    """Shape, force mode and initialisation of the equilibrium transformer block."""
+
+    vocab_size: int = 103
+    """Number of input/output symbols (the default corpus has 103)."""
+    context: int = 64
+    """Sequence length T: the state is (B, T, C) and attention is causal over T."""
+    width: int = 128
+    """Channel width C."""
+    heads: int = 4
+    """Attention heads H; C must be divisible by H (head width C/H)."""
+    mode: str = "thick"
+    """Force mode: 'thick', 'real', 'energy' or 'mono' (see module docstring)."""
+    damping: float = 1.0
+    """Leak c in -c z: adds contraction so a fixed point exists at any attention gain."""
+    attn_gain: float = 1.0
+    """Gain s on the attention force (modes real and mono)."""
+    lse_gamma: float = 0.25
+    """Inverse temperature gamma of the log-sum-exp attention energy (mode energy)."""
+    memory: int = 256
+    """Hopfield memory units Mm (modes real, energy, mono)."""
+    mono_margin: float = 1.0
+    """Strong-monotonicity margin m of the mono mode (symmetric part of J <= -m I)."""
+    ffn_mult: int = 4
+    """FFN hidden width as a multiple of C (thick)."""
+    qk_norm: bool = False
+    """RMS-normalise queries and keys per head: bounds attention logits and tames the Jacobian."""
+    embed_scale: float = 0.02
+    """Std of token and position embeddings at init."""
+    out_scale: float = 1.0
+    """Multiplier on the block's output weights (W_o, W_proj) at init: < 1 starts near identity."""
+    memory_scale: float = 0.3
+    """Hopfield memory init std in units of 1/sqrt(C)."""
+    seed: int = 0
+    """Seed of the weight initialisation."""
+
+    def __post_init__(self):
+        check(self.mode in MODES, "mode", self.mode, "unknown force mode", f"use one of {', '.join(MODES)}")
+        for key in ("vocab_size", "context", "width", "heads", "memory", "ffn_mult"):
+            check(getattr(self, key) >= 1, key, getattr(self, key), "must be a positive integer")
+        check(self.width % self.heads == 0, "heads", self.heads, f"must divide width={self.width}",
+              "pick heads so that width/heads is an integer")
+        check(self.damping >= 0, "damping", self.damping, "must be >= 0")
+        check(self.lse_gamma > 0, "lse_gamma", self.lse_gamma, "must be > 0")
+
+
+class EquilibriumTransformer(EquilibriumModel):
+    """One transformer block whose forward pass is a relaxation to the fixed point F(z*) = 0."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        C, T, V, H = config.width, config.context, config.vocab_size, config.heads
+        self.heads, self.head_dim = H, C // H
+        gen = torch.Generator().manual_seed(config.seed)
+
+        def param(*shape, std=0.0, fill=0.0):
+            t = torch.randn(*shape, generator=gen) * std if std > 0 else torch.full(shape, float(fill))
+            return nn.Parameter(t)
+
+        inv = 1.0 / math.sqrt(C)
+        self.tok = param(V, C, std=config.embed_scale)
+        self.pos = param(T, C, std=config.embed_scale)
+        # Attention projections, present in every mode (energy ties value to key: no W_v/W_o).
+        self.W_q = param(C, C, std=inv)
+        self.W_k = param(C, C, std=inv)
+        if config.mode != "energy":
+            self.W_v = param(C, C, std=inv)
+            self.W_o = param(C, C, std=inv * config.out_scale)
+        if config.mode == "thick":
+            M = config.ffn_mult * C
+            self.ln1_w, self.ln1_b = param(C, fill=1.0), param(C)
+            self.ln2_w, self.ln2_b = param(C, fill=1.0), param(C)
+            self.W_fc, self.b_fc = param(C, M, std=inv), param(M)
+            self.W_proj, self.b_proj = param(M, C, std=config.out_scale / math.sqrt(M)), param(C)
+        else:
+            self.W_mem = param(C, config.memory, std=config.memory_scale * inv)
+        if config.mode == "mono":
+            self.P = param(C, C, std=inv)
+            self.Q = param(C, C, std=inv)
+        self.W_head = param(C, V, std=inv)
+        self.register_buffer("causal", torch.tril(torch.ones(T, T, dtype=torch.bool)), persistent=False)
+
+    # ---- the dynamical system -------------------------------------------------------------
+    @property
+    def analytic(self) -> bool:  # relu memory terms are not holomorphic
+        return self.config.mode == "thick"
+
+    def drive(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.tok[idx] + self.pos[: idx.shape[1]]  # (B, T, C)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.reshape(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, dh)
+
+    def _fast_path(self, h: torch.Tensor) -> bool:
+        """Fused kernels are used for real states when no graph is recorded (relaxation, nudges).
+
+        The analytic path stays in use under autograd because the AEP correction differentiates
+        the force twice, which the fused attention kernel does not support.
+        """
+        return not h.is_complex() and not torch.is_grad_enabled()
+
+    def attention(self, h: torch.Tensor) -> torch.Tensor:
+        """Causal multi-head attention of the (normalised) state h: (B, T, C) -> (B, T, C)."""
+        B, T, C = h.shape
+        if self._fast_path(h):
+            qkv = h @ torch.cat([self.W_q, self.W_k, self.W_v], dim=1)  # (B, T, 3C)
+            q, k, v = (self._heads(t) for t in qkv.split(C, dim=-1))
+            if self.config.qk_norm:
+                q, k = rms_norm(q), rms_norm(k)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, dh)
+            return out.transpose(1, 2).reshape(B, T, C) @ self.W_o
+        q, k, v = (self._heads(matmul(h, w)) for w in (self.W_q, self.W_k, self.W_v))
+        if self.config.qk_norm:
+            q, k = rms_norm(q), rms_norm(k)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T)
+        probs = masked_softmax(scores, self.causal[:T, :T])
+        out = (probs @ v).transpose(1, 2).reshape(B, T, C)  # (B, H, T, dh) -> (B, T, C)
+        return matmul(out, self.W_o)
+
+    def ffn(self, h: torch.Tensor) -> torch.Tensor:
+        if self._fast_path(h):
+            B, T, C = h.shape
+            flat = h.reshape(B * T, C)  # addmm fuses the bias into the product
+            hidden = F.gelu(torch.addmm(self.b_fc, flat, self.W_fc), approximate="tanh")
+            return torch.addmm(self.b_proj, hidden, self.W_proj).reshape(B, T, C)
+        return matmul(gelu_tanh(matmul(h, self.W_fc) + self.b_fc), self.W_proj) + self.b_proj
+
+    def _memory_force(self, z: torch.Tensor) -> torch.Tensor:
+        """-grad of E_mem = -sum relu(z Wm)^2."""
+        return 2.0 * matmul(F.relu(matmul(z, self.W_mem)), self.W_mem.t())
+
+    def _lse_attention_force(self, z: torch.Tensor) -> torch.Tensor:
+        """-grad of E_att = -(1/gamma) sum_{heads, i} LSE_j(gamma q_i.k_j / sqrt(dh)), causal."""
+        B, T, C = z.shape
+        q, k = self._heads(z @ self.W_q), self._heads(z @ self.W_k)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        p = masked_softmax(self.config.lse_gamma * scale * (q @ k.transpose(-2, -1)), self.causal[:T, :T])
+        dq = (p @ k * scale).transpose(1, 2).reshape(B, T, C)  # dE/dq = -P K / sqrt(dh)
+        dk = (p.transpose(-2, -1) @ q * scale).transpose(1, 2).reshape(B, T, C)
+        return dq @ self.W_q.t() + dk @ self.W_k.t()
+
+    def nc_force(self, z: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor | None:
+        cfg = self.config
+        if cfg.mode == "thick":
+            return self.attention(layer_norm(z, self.ln1_w, self.ln1_b)) + self.ffn(
+                layer_norm(z, self.ln2_w, self.ln2_b))
+        if cfg.mode == "real":
+            return cfg.attn_gain * self.attention(z)
+        if cfg.mode == "mono":
+            return matmul(z, (self.Q - self.Q.t()).t()) + cfg.attn_gain * self.attention(z)
+        return None
+
+    def force(self, z: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if cfg.mode == "thick":
+            out = self.nc_force(z, x_in)
+            if self._fast_path(z):  # in place: saves two full-size temporaries per evaluation
+                return out.add_(x_in).sub_(z, alpha=1.0 + cfg.damping)
+            return x_in - (1.0 + cfg.damping) * z + out
+        if cfg.mode == "real":
+            return x_in - z + self._memory_force(z) + cfg.attn_gain * (self.attention(z) - cfg.damping * z)
+        if cfg.mode == "energy":
+            return x_in - (1.0 + cfg.damping) * z + self._memory_force(z) + self._lse_attention_force(z)
+        # mono
+        sym = cfg.mono_margin * z + matmul(z, self.P.t() @ self.P)
+        return x_in - sym + self._memory_force(z) + self.nc_force(z, x_in)
+
+    # ---- readout ---------------------------------------------------------------------------
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return matmul(z, self.W_head)  # (B, T, V)
+
+    def loss_grad(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return matmul(cross_entropy_grad(self.logits(z), y), self.W_head.t())
+
+    def readout_parameters(self):
+        return [("W_head", self.W_head)]
+
+    def param_group(self, name: str) -> str:
+        if name in ("tok", "pos"):
+            return "embeddings"
+        if name == "W_head":
+            return "readout"
+        if name.startswith("ln"):
+            return "layernorm"
+        if name in ("W_fc", "b_fc", "W_proj", "b_proj"):
+            return "ffn"
+        if name == "W_mem":
+            return "memory"
+        if name in ("P", "Q"):
+            return "monotone"
+        return "attention"
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())

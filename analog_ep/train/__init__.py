@@ -1,0 +1,1 @@
+"""Training: optimizers and learning-rate schedules (`optim`), and the training loops."""

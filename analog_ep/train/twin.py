@@ -1,0 +1,191 @@
+"""The digital reference twin: ideal weights, exact relaxation, an exact or EP gradient.
+
+One `DigitalTwin` owns a model, its optimizer, schedule, stabilisers and optional parameter EMA,
+and advances one step per batch. The gradient source is selectable: 'ep' (the estimator a chip
+would run), 'bptt' (backpropagation through the T1 unroll) or 'adjoint' (exact implicit gradient).
+The analog twin of a later stage reuses the same step structure with hardware in the loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from analog_ep.errors import check
+from analog_ep.estimator.ep import EPConfig, estimate_adjoint, vector_field_gradient
+from analog_ep.estimator.exact import adjoint_gradient, bptt_gradient
+from analog_ep.model.base import EquilibriumModel
+from analog_ep.relax.solvers import RelaxConfig, relax
+from analog_ep.train.optim import (OptimizerConfig, ParameterEMA, ScheduleConfig, build_optimizer,
+                                   build_scheduler, clip_gradients)
+from analog_ep.train.stabilizers import (AbortFuse, JacobianController, StabilizerConfig, WeightConstraints,
+                                         abscissa_penalty, add_scaled, grad_norm, jacobian_penalty,
+                                         residual_penalty, resreg_fraction)
+
+GRADIENTS = ("ep", "bptt", "adjoint")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    steps: int = 300
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Sequences (or samples) per step."""
+    gradient: str = "ep"
+    """Gradient of the digital twin: 'ep', 'bptt' or 'adjoint'."""
+    bptt_twin: bool = False
+    """Also train a BPTT twin from the same initial weights on the same batches."""
+    eval_every: int = 50
+    """Steps between validation evaluations (the last step is always evaluated)."""
+    eval_batches: int = 4
+    """Fixed validation batches per evaluation (the same for every twin and every evaluation)."""
+    ema: float = 0.0
+    """Parameter-EMA decay used for evaluation (0: off)."""
+    seed: int = 0
+    """Seed of the batch sampler and the stabilisers' random probes."""
+
+    def __post_init__(self):
+        check(self.gradient in GRADIENTS, "gradient", self.gradient, "unknown gradient",
+              f"use one of {', '.join(GRADIENTS)}")
+        for key in ("steps", "batch_size", "eval_every", "eval_batches"):
+            check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+        check(0 <= self.ema < 1, "ema", self.ema, "must be in [0, 1)")
+
+
+@dataclass
+class StepRecord:
+    """What one training step measured."""
+
+    loss: float
+    """Task loss at the free state (before the update)."""
+    residual: float
+    """Free-phase residual at T1."""
+    force_evals: int
+    """Force evaluations of one batch spent on the gradient."""
+    grad_norm: float
+    """Norm of the applied gradient (before clipping)."""
+    jacreg: float
+    """Jacobian-penalty weight used."""
+    skipped: bool
+    """True when the validity gate skipped the task gradient."""
+
+
+class DigitalTwin:
+    """A model trained with ideal weights (see module docstring)."""
+
+    def __init__(self, model: EquilibriumModel, relax_config: RelaxConfig, ep_config: EPConfig,
+                 optim_config: OptimizerConfig, schedule_config: ScheduleConfig,
+                 stabilizer_config: StabilizerConfig, gradient: str = "ep", ema: float = 0.0, seed: int = 0):
+        check(gradient in GRADIENTS, "gradient", gradient, "unknown gradient", f"use one of {', '.join(GRADIENTS)}")
+        self.model, self.gradient = model, gradient
+        self.relax_config, self.ep_config, self.stab = relax_config, ep_config, stabilizer_config
+        self.optim_config = optim_config
+        self.params = list(model.parameters())
+        self.optimizer = build_optimizer(self.params, optim_config)
+        self.scheduler = build_scheduler(self.optimizer, schedule_config)
+        self.controller = JacobianController(stabilizer_config)
+        self.fuse = AbortFuse(stabilizer_config)
+        self.constraints = WeightConstraints(model, stabilizer_config)
+        self.ema = ParameterEMA(self.params, ema) if ema > 0 else None
+        self.generator = torch.Generator().manual_seed(seed)
+        self._eig_cache: dict = {}
+
+    # ---- one step ----------------------------------------------------------------------------
+    def step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> StepRecord:
+        model, stab = self.model, self.stab
+        with torch.no_grad():
+            x_in = model.drive(x)
+            free = relax(lambda z: model.force(z, x_in), model.initial_state(x_in), self.relax_config)
+            loss = float(model.loss(free.z_budget, y))
+        lam = self.controller.weight if stab.jacreg > 0 else 0.0
+        skipped = stab.gate > 0 and free.residual_final > stab.gate
+        grads: dict[str, torch.Tensor] = {}
+        evals = free.force_evals
+        if not skipped:
+            if self.gradient == "ep":
+                adjoint = estimate_adjoint(model, x_in, y, free.z, self.ep_config)
+                grads = vector_field_gradient(model, x, y, free.z, adjoint.a)
+                evals += adjoint.force_evals + 1
+            elif self.gradient == "bptt":
+                grads, _ = bptt_gradient(model, x, y, self.relax_config.steps, self.relax_config.eps)
+                evals += self.relax_config.steps
+            else:
+                grads = adjoint_gradient(model, x, y, free.z, strict=False).grads
+            fraction = resreg_fraction(stab, free.residual)
+            if fraction > 0:
+                extra = residual_penalty(model, x_in, free.z_budget, self.relax_config.eps)
+                task, extra_norm = grad_norm(grads), grad_norm(extra)
+                add_scaled(grads, extra, fraction * task / (extra_norm + 1e-20))
+            if stab.eigreg > 0:
+                extra, _ = abscissa_penalty(model, x_in, free.z, stab.eigreg, stab.eig_margin, self._eig_cache)
+                add_scaled(grads, extra)
+        if lam > 0:
+            add_scaled(grads, jacobian_penalty(model, x_in, free.z, lam, self.generator))
+        self._feedback(free.residual)
+        self.fuse.update(free.residual, step)
+        norm = self._apply(grads)
+        return StepRecord(loss, free.residual, evals, norm, lam, skipped)
+
+    def _feedback(self, residual: float) -> None:
+        if self.stab.jacreg > 0:
+            self.controller.update(residual)
+        elif self.stab.damping_feedback and hasattr(self.model, "config"):
+            cfg = self.model.config
+            if residual > 1e-3:
+                cfg.damping = min(self.stab.damping_max, cfg.damping * 1.3)
+            elif residual < 2e-4:
+                cfg.damping = max(0.5, cfg.damping * 0.97)
+
+    def _apply(self, grads: dict[str, torch.Tensor]) -> float:
+        if not grads or not all(bool(torch.isfinite(g).all()) for g in grads.values()):
+            return float("nan") if grads else 0.0  # a non-finite estimate is skipped, not applied
+        named = dict(self.model.named_parameters())
+        self.optimizer.zero_grad(set_to_none=True)
+        for name, g in grads.items():
+            named[name].grad = g.detach().clone()
+        norm = clip_gradients(self.params, self.optim_config.grad_clip)
+        self.optimizer.step()
+        self.constraints.apply()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.params)
+        return norm
+
+    # ---- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Mean loss at the T1 state over fixed batches (with the EMA weights when enabled)."""
+        def run() -> float:
+            total = 0.0
+            for x, y in batches:
+                x_in = self.model.drive(x)
+                free = relax(lambda z: self.model.force(z, x_in), self.model.initial_state(x_in),
+                             self.relax_config)
+                total += float(self.model.loss(free.z_budget, y))
+            return total / len(batches)
+
+        if self.ema is None:
+            return run()
+        with self.ema.applied(self.params):
+            return run()
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "controller": self.controller.state_dict(),
+                "constraints": self.constraints.state_dict(), "fuse": self.fuse.count,
+                "ema": None if self.ema is None else self.ema.state_dict(),
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.controller.load_state_dict(state["controller"])
+        self.constraints.load_state_dict(state["constraints"])
+        self.fuse.count = state["fuse"]
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.generator.set_state(state["generator"])

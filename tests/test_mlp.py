@@ -1,0 +1,124 @@
+"""Equilibrium MLP: force = -grad E, EP = exact equilibrium gradient, digits training by EP."""
+import time
+
+import pytest
+import torch
+
+from analog_ep.data.digits import DigitsData, DigitsDataConfig
+from analog_ep.errors import ConfigError
+from analog_ep.estimator.ep import EPConfig, ep_gradient
+from analog_ep.estimator.exact import adjoint_gradient, bptt_gradient
+from analog_ep.model.mlp import EquilibriumMLP, MLPConfig
+from analog_ep.relax.solvers import RelaxConfig, relax
+from analog_ep.train.classify import train_classifier
+from analog_ep.train.optim import OptimizerConfig
+
+SMALL = dict(inputs=64, hidden=(20, 12), classes=10)
+
+
+def _model(activation="tanh", init_scale=1.0) -> EquilibriumMLP:
+    return EquilibriumMLP(MLPConfig(**SMALL, activation=activation, init_scale=init_scale)).double()
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_force_is_minus_energy_gradient(activation):
+    model = _model(activation)
+    gen = torch.Generator().manual_seed(1)
+    x = model.drive(torch.rand(5, 64, generator=gen))
+    z = (2 * torch.randn(5, model.state_size, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.energy(z, x).sum(), z)
+    assert torch.allclose(model.force(z.detach(), x), -grad, atol=1e-12)
+    assert model.nc_force(z.detach(), x) is None
+
+
+def test_loss_grad_matches_autograd_and_logits_are_the_output_layer():
+    model = _model()
+    gen = torch.Generator().manual_seed(2)
+    z = torch.randn(4, model.state_size, generator=gen, dtype=torch.float64).requires_grad_(True)
+    y = torch.tensor([0, 3, 9, 3])
+    (grad,) = torch.autograd.grad(model.loss(z, y), z)
+    assert torch.allclose(model.loss_grad(z.detach(), y), grad, atol=1e-14)
+    assert torch.equal(model.logits(z), z[:, -10:])
+    assert grad[:, :-10].abs().max() == 0  # only the output layer feels the nudge
+
+
+def test_shapes_and_param_groups():
+    model = _model()
+    x_in = model.drive(torch.rand(3, 8, 8))  # images are flattened by the drive
+    assert x_in.shape == (3, 64) and x_in.dtype == torch.float64
+    assert torch.equal(model.initial_state(x_in), torch.zeros(3, 20 + 12 + 10, dtype=torch.float64))
+    assert model.groups() == {"layer0": ["weights.0"], "layer1": ["weights.1"], "layer2": ["weights.2"],
+                              "bias": ["biases.0", "biases.1", "biases.2"]}
+    assert [tuple(w.shape) for _, w in model.weight_matrices()] == [(64, 20), (20, 12), (12, 10)]
+
+
+@pytest.mark.parametrize("bad", [dict(activation="relu"), dict(hidden=()), dict(hidden=(8, 0)),
+                                 dict(damping=-0.1), dict(init_scale=0.0), dict(classes=0)])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ConfigError):
+        MLPConfig(**bad)
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.dot(a, b) / (a.norm() * b.norm()))
+
+
+@pytest.mark.parametrize("ep_config", [
+    EPConfig(beta=0.5, steps=100, eps=0.5, aep="none"),                      # centred +-beta
+    EPConfig(holomorphic=4, radius=0.5, steps=100, eps=0.5, aep="none"),     # tanh is analytic
+], ids=["centered", "holomorphic"])
+def test_ep_matches_exact_equilibrium_gradient(ep_config):
+    # init_scale 0.3 keeps the untrained energy well conditioned, so 300 steps fully converge.
+    model = _model(init_scale=0.3)
+    data = DigitsData.from_config(DigitsDataConfig())
+    x, y = data.x_train[:16].double(), data.y_train[:16]
+    relax_config = RelaxConfig(eps=0.5, steps=300)
+    x_in = model.drive(x)
+    free = relax(lambda u: model.force(u, x_in), model.initial_state(x_in), relax_config)
+    assert free.residual < 1e-9
+    fast = relax(lambda u: model.force(u, x_in), model.initial_state(x_in),
+                 RelaxConfig(method="anderson", eps=0.5, steps=300, anderson_tol=1e-12))
+    assert fast.force_evals < 150 and torch.allclose(fast.z, free.z, atol=1e-8)  # same fixed point
+
+    exact = adjoint_gradient(model, x, y, free.z).grads
+    bptt, _ = bptt_gradient(model, x, y, steps=300, eps=0.5)
+    ep = ep_gradient(model, x, y, relax_config, ep_config).grads
+    for group, names in model.groups().items():
+        flat = lambda g: torch.cat([g[n].flatten() for n in names])  # noqa: E731
+        ref = flat(exact)
+        assert _cos(flat(bptt), ref) > 0.9999, group  # converged: BPTT = equilibrium gradient
+        assert _cos(flat(ep), ref) >= 0.99, group
+        assert flat(ep).norm() / ref.norm() == pytest.approx(1.0, abs=0.05), group
+
+
+DIGITS_RECIPE = dict(
+    relax_config=RelaxConfig(method="euler", eps=0.5, steps=40),
+    ep_config=EPConfig(beta=0.5, centered=True, steps=20, eps=0.5, aep="none"),
+    opt_config=OptimizerConfig(name="adamw", lr=5e-3, weight_decay=1e-4),
+    epochs=15, batch_size=32, seed=0,
+)
+
+
+def test_ep_trains_digits_to_95_percent_in_under_a_minute():
+    data = DigitsData.from_config(DigitsDataConfig())
+    model = EquilibriumMLP(MLPConfig(hidden=(128,), activation="tanh", init_scale=1.0, seed=0))
+    start = time.perf_counter()
+    history = train_classifier(model, data, **DIGITS_RECIPE)
+    wall = time.perf_counter() - start
+    accs = [round(e.test_accuracy, 4) for e in history.epochs]
+    print(f"\ndigits EP: test accuracy per epoch {accs}; final {accs[-1]:.4f} after "
+          f"{history.steps} steps in {wall:.1f} s")
+    assert len(history.epochs) == DIGITS_RECIPE["epochs"] and not history.stopped_early
+    assert history.epochs[0].train_loss > 3 * history.final.train_loss  # it learned
+    assert history.final.test_accuracy >= 0.95
+    assert wall < 60.0
+
+
+def test_time_budget_stops_after_one_step_and_still_evaluates():
+    data = DigitsData.from_config(DigitsDataConfig())
+    model = EquilibriumMLP(MLPConfig(hidden=(16,)))
+    threads = torch.get_num_threads()
+    history = train_classifier(model, data, **{**DIGITS_RECIPE, "epochs": 3}, time_budget_s=1e-6)
+    assert history.steps == 1 and history.stopped_early
+    assert len(history.epochs) == 1 and 0.0 <= history.final.test_accuracy <= 1.0
+    assert torch.get_num_threads() == threads  # the single-thread training setting is undone

@@ -1,0 +1,109 @@
+"""Digital relaxation: Euler vs Anderson, refinement controller, no autograd graph, config checks."""
+import pytest
+import torch
+
+from analog_ep.errors import ConfigError
+from analog_ep.model.transformer import EquilibriumTransformer, TransformerConfig
+from analog_ep.relax.solvers import RelaxConfig, euler, relative_residual, relax
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def block(dtype):
+    model = EquilibriumTransformer(TransformerConfig(vocab_size=20, context=16, width=32, heads=2, seed=1,
+                                                     embed_scale=1.0)).to(dtype)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 20, (4, 16), generator=gen)
+    with torch.no_grad():
+        x_in = model.drive(x)
+    return model, x_in
+
+
+@pytest.fixture(scope="module", params=[torch.float64, torch.float32], ids=["float64", "float32"])
+def problem(request):
+    return block(request.param)
+
+
+@pytest.mark.parametrize("tol", [1e-7])
+def test_anderson_reaches_euler_fixed_point_with_fewer_evaluations(problem, tol):
+    model, x_in = problem
+    force = lambda z: model.force(z, x_in)  # noqa: E731
+    # Euler to residual <= tol: a fixed budget plus refinement in small chunks (fair eval count).
+    eul = relax(force, x_in, RelaxConfig(steps=20, refine_to=2000, refine_tol=tol, refine_chunk=5))
+    anderson = relax(force, x_in, RelaxConfig(method="anderson", steps=500, anderson_tol=tol))
+    diff = float((anderson.z - eul.z).norm() / eul.z.norm())
+    print(f"\n{x_in.dtype}: Euler {eul.force_evals} force evals ({eul.steps} steps) to residual "
+          f"{eul.residual_final:.2e}; Anderson {anderson.force_evals} evals ({anderson.steps} iterations) "
+          f"to residual {anderson.residual:.2e}; relative difference {diff:.2e}")
+    assert eul.residual_final <= tol
+    assert anderson.residual <= 2 * tol  # Anderson's tol is per sample; the global residual is close
+    assert anderson.steps < 500  # stopped on tolerance, not on budget
+    assert diff <= 1e-5
+    assert anderson.force_evals < eul.force_evals
+    assert anderson.force_evals <= 0.6 * eul.force_evals  # a clear speed-up, not a tie
+
+
+def test_anderson_budget_is_respected():
+    model, x_in = block(torch.float64)
+    r = relax(lambda z: model.force(z, x_in), x_in, RelaxConfig(method="anderson", steps=10, anderson_tol=1e-14))
+    print(f"\nAnderson with budget 10: {r.steps} iterations, {r.force_evals} evals, residual {r.residual:.2e}")
+    assert r.steps == 10 and r.force_evals == 11
+    assert r.residual > 1e-14
+
+
+def test_refinement_stops_at_tolerance_and_reports_t1_residual():
+    model, x_in = block(torch.float64)
+    force = lambda z: model.force(z, x_in)  # noqa: E731
+    tol, t1, chunk = 1e-7, 50, 10
+    r = relax(force, x_in, RelaxConfig(steps=t1, refine_to=1000, refine_tol=tol, refine_chunk=chunk))
+    plain = relax(force, x_in, RelaxConfig(steps=t1))
+    before = relative_residual(force, euler(force, x_in, 0.1, r.steps - chunk), 0.1)
+    print(f"\nrefine: T1 residual {r.residual:.2e}, final {r.residual_final:.2e} after {r.steps} steps "
+          f"({r.force_evals} evals); one chunk earlier {before:.2e}")
+    assert r.residual == pytest.approx(plain.residual, rel=1e-12)  # the T1 state's residual, reported apart
+    assert torch.equal(r.z_budget, plain.z)
+    assert r.residual > tol  # T1 alone is not settled...
+    assert r.residual_final <= tol  # ...refinement settles it
+    assert before > tol  # and it stopped at the first chunk boundary below tol
+    assert r.steps > t1 and (r.steps - t1) % chunk == 0
+    n_chunks = (r.steps - t1) // chunk
+    assert r.force_evals == t1 + 1 + n_chunks * (chunk + 1)
+    assert r.residual_final == pytest.approx(relative_residual(force, r.z, 0.1), rel=1e-12)
+
+
+def test_refinement_respects_cap_and_is_off_by_default():
+    model, x_in = block(torch.float64)
+    force = lambda z: model.force(z, x_in)  # noqa: E731
+    capped = relax(force, x_in, RelaxConfig(steps=20, refine_to=45, refine_tol=1e-14, refine_chunk=10))
+    assert capped.steps == 45 and capped.residual_final > 1e-14  # 10 + 10 + 5: the last chunk is cut
+    off = relax(force, x_in, RelaxConfig(steps=20, refine_tol=1e-14))
+    assert off.steps == 20 and off.residual_final == off.residual and off.force_evals == 21
+
+
+@pytest.mark.parametrize("method", ["euler", "anderson"])
+def test_no_autograd_graph_while_relaxing(method):
+    model, _ = block(torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 20, (2, 16), generator=gen)
+    x_in = model.drive(x)  # live: requires grad through the embeddings
+    assert x_in.requires_grad and all(p.requires_grad for p in model.parameters())
+    with torch.enable_grad():
+        r = relax(lambda z: model.force(z, x_in), x_in, RelaxConfig(method=method, steps=30,
+                                                                    refine_to=60 if method == "euler" else 0))
+    for t in (r.z, r.z_budget):
+        assert not t.requires_grad and t.grad_fn is None
+    assert torch.isfinite(r.z).all()
+
+
+@pytest.mark.parametrize("kwargs", [dict(method="rk9"), dict(eps=0), dict(eps=-0.1), dict(steps=0),
+                                    dict(refine_to=-1), dict(refine_chunk=0), dict(anderson_memory=0)])
+def test_bad_config_raises(kwargs):
+    with pytest.raises(ConfigError) as exc:
+        RelaxConfig(**kwargs)
+    assert exc.value.key == next(iter(kwargs))

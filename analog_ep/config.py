@@ -170,9 +170,12 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError("config", str(path), "file not found", "check the path", str(path))
+            raise ConfigError("config file", str(path), "not found", "check the path")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError("encoding", f"byte {err.start}", "the file is not UTF-8 text",
+                              "save it as UTF-8", str(path)) from None
         except yaml.YAMLError as err:
             line = getattr(getattr(err, "problem_mark", None), "line", None)
             where = f" at line {line + 1}" if line is not None else ""

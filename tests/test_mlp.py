@@ -94,7 +94,7 @@ def test_ep_matches_exact_equilibrium_gradient(ep_config):
 DIGITS_RECIPE = dict(
     relax_config=RelaxConfig(method="euler", eps=0.5, steps=40),
     ep_config=EPConfig(beta=0.5, centered=True, steps=20, eps=0.5, aep="none"),
-    opt_config=OptimizerConfig(name="adamw", lr=5e-3, weight_decay=1e-4),
+    opt_config=OptimizerConfig(name="adamw", lr=1e-2, weight_decay=1e-4),
     epochs=15, batch_size=32, seed=0,
 )
 

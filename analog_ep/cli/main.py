@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from analog_ep import __version__
-from analog_ep.config import RunConfig, dump_yaml, load_config
+import yaml
+
+from analog_ep.config import RunConfig, dump_yaml, load_config, merge, parse_override
 from analog_ep.data.text import CharCorpus
 from analog_ep.errors import AnalogEPError, ConfigError
 from analog_ep.model.transformer import EquilibriumTransformer
@@ -55,6 +57,8 @@ def cmd_run(args) -> int:
         overrides.append(f"train.steps={args.steps}")
     cfg = load_config(args.chip, overrides)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out", str(out), "is a file, not a directory", "choose a directory path for the run")
     if out.exists() and any(out.iterdir()):
         raise ConfigError("--out", str(out), "directory exists and is not empty",
                           "choose a new --out so earlier results are kept")
@@ -93,16 +97,32 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _load_checkpoint(path: str) -> dict:
+    """A run checkpoint, or a one-line error saying why the file is not one."""
+    if not Path(path).is_file():
+        raise ConfigError("--checkpoint", path, "file not found", "point it at a run directory's checkpoint.pt")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises several unrelated types for a non-checkpoint file
+        raise ConfigError("--checkpoint", path, f"not a torch checkpoint ({type(err).__name__})",
+                          "point it at a run directory's checkpoint.pt") from None
+    if not isinstance(state, dict) or "config" not in state or "digital" not in state.get("twins", {}):
+        raise ConfigError("--checkpoint", path, "not an analog-ep run checkpoint (no config/twins)",
+                          "point it at a run directory's checkpoint.pt")
+    return state
+
+
 def cmd_diagnose(args) -> int:
     from analog_ep.diagnostics.fingerprint import fingerprint
 
     cfg = load_config(args.chip, list(args.set or []))
     if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-        cfg = load_config(None, [])  # the checkpoint carries its resolved config
-        import yaml
-        from analog_ep.config import merge
-        cfg = merge(cfg, yaml.safe_load(state["config"]), args.checkpoint).resolve()
+        state = _load_checkpoint(args.checkpoint)
+        # The checkpoint carries its resolved config; --set still applies on top.
+        cfg = merge(load_config(None, []), yaml.safe_load(state["config"]), args.checkpoint)
+        for text in args.set or []:
+            cfg = merge(cfg, parse_override(text), "--set")
+        cfg = cfg.resolve()
     corpus, model = _build(cfg)
     if args.checkpoint:
         model.load_state_dict(state["twins"]["digital"]["model"])

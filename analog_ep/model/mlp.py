@@ -90,9 +90,11 @@ class EquilibriumMLP(EquilibriumModel):
 
     # ---- activation ------------------------------------------------------------------------
     def rho(self, s: torch.Tensor) -> torch.Tensor:
+        """Firing rate of a hidden unit (analytic, so complex states work)."""
         return torch.tanh(s) if self.config.activation == "tanh" else torch.sigmoid(s)
 
     def rho_prime(self, s: torch.Tensor) -> torch.Tensor:
+        """d rho / d s, written through rho itself (one transcendental evaluation)."""
         r = self.rho(s)
         return 1 - r * r if self.config.activation == "tanh" else r * (1 - r)
 
@@ -112,7 +114,7 @@ class EquilibriumMLP(EquilibriumModel):
 
     def energy(self, z: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
         """E(z) per sample, shape (B,): the force is -dE/dz (used to test that, and for diagnostics)."""
-        states, rates = self._rates(z, x_in)
+        _, rates = self._rates(z, x_in)
         leak = 0.5 * (1.0 + self.config.damping) * (z * z).sum(-1)
         coupling = sum((matmul(rates[l], w) * rates[l + 1]).sum(-1) for l, w in enumerate(self.weights))
         bias = sum((r * b).sum(-1) for r, b in zip(rates[1:], self.biases))
@@ -123,10 +125,10 @@ class EquilibriumMLP(EquilibriumModel):
         W, L = self.weights, len(self.sizes) - 1  # L hidden layers; index L is the output
         out = []
         for l, s in enumerate(states):
-            drive = matmul(rates[l], W[l]) + self.biases[l]  # bottom-up (and bias)
-            if l < L:
-                drive = self.rho_prime(s) * (drive + matmul(rates[l + 2], W[l + 1].t()))  # + top-down
-            out.append(drive - (1.0 + self.config.damping) * s)
+            field = matmul(rates[l], W[l]) + self.biases[l]  # bottom-up input and bias
+            if l < L:  # hidden: plus top-down feedback, through rho' since dE/ds_l = rho'(s_l) dE/dr_l
+                field = self.rho_prime(s) * (field + matmul(rates[l + 2], W[l + 1].t()))
+            out.append(field - (1.0 + self.config.damping) * s)
         return torch.cat(out, dim=-1)
 
     # ---- readout ---------------------------------------------------------------------------

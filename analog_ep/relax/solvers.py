@@ -135,9 +135,12 @@ def anderson(force: Force, z0: torch.Tensor, eps: float, memory: int = 5, tol: f
             dX = torch.stack([X[i + 1] - X[i] for i in range(len(X) - 1)], dim=2)
             # Least squares min ||r - dR gamma|| via regularised normal equations, batched.
             gram = dR.transpose(1, 2) @ dR  # (B, m, m)
-            reg = 1e-10 * gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-30)[:, None, None]
+            # Tikhonov term above the dtype's resolution: a rank-deficient history stays solvable.
+            tiny = 100 * torch.finfo(gram.dtype).eps
+            reg = tiny * gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-30)[:, None, None]
             eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-            gamma = torch.linalg.solve(gram + reg * eye, dR.transpose(1, 2) @ r.unsqueeze(2))  # (B, m, 1)
+            gamma, info = torch.linalg.solve_ex(gram + reg * eye, dR.transpose(1, 2) @ r.unsqueeze(2))
+            gamma = torch.where((info == 0)[:, None, None], gamma, torch.zeros_like(gamma))  # plain step
             x = x + damping * r - ((dX + damping * dR) @ gamma).squeeze(2)
         return x.reshape(shape), evals, res
 

@@ -60,7 +60,8 @@ class StabilizerConfig:
     spectral_bound: float = 0.0
     """Project attention/FFN weights so their largest singular value <= this after each step (0: off)."""
     weight_cap: float = 3.0
-    """Cap each weight matrix's Frobenius norm at this multiple of its initial norm (0: off)."""
+    """Cap each weight matrix's Frobenius norm at this multiple of its initial norm (0: off); applied
+    after the spectral projection when both are set."""
     damping_feedback: bool = False
     """Without jacreg: raise the damping c x1.3 when res > 1e-3, lower it x0.97 when res < 2e-4."""
     damping_max: float = 8.0
@@ -131,7 +132,8 @@ def numerical_abscissa(model: EquilibriumModel, x_in: torch.Tensor, z: torch.Ten
 
     n = z.numel()
     op = LinearOperator((n, n), matvec=sym, dtype=np.float64)
-    start = None if v0 is None else v0.double().reshape(-1).numpy()
+    # A fixed start vector keeps the Lanczos result (and eigreg's gradient) reproducible.
+    start = np.random.default_rng(0).standard_normal(z.numel()) if v0 is None else v0.double().reshape(-1).numpy()
     vals, vecs = eigsh(op, k=1, which="LA", v0=start, tol=tol, maxiter=max(200, n // 10))
     return float(vals[0]), torch.from_numpy(vecs[:, 0].reshape(shape)).to(dtype)
 
@@ -225,30 +227,34 @@ class WeightConstraints:
     def apply(self) -> dict[str, float]:
         """Project in place; returns name -> largest singular value estimate (when bounded)."""
         sigmas = {}
-        for name, w in self.matrices:
+        for name, w in self.matrices:  # both constraints apply when both are set
             if self.config.spectral_bound > 0:
                 sigma = self._power_sigma(name, w)
                 sigmas[name] = sigma
                 if sigma > self.config.spectral_bound:
                     w.mul_(self.config.spectral_bound / sigma)
-            elif self.config.weight_cap > 0:
+            if self.config.weight_cap > 0:
                 norm = float(w.norm())
                 if norm > self.caps[name]:
                     w.mul_(self.caps[name] / norm)
         return sigmas
 
-    def _power_sigma(self, name: str, w: torch.Tensor, iters: int = 2) -> float:
+    def _power_sigma(self, name: str, w: torch.Tensor) -> float:
         u = self._u.get(name)
-        if u is None:
-            u = torch.nn.functional.normalize(torch.randn(w.shape[0], dtype=w.dtype), dim=0)
-        for _ in range(iters):  # warm-started: two iterations per step track a slowly moving sigma
+        iters = 2  # warm-started: two iterations per step track a slowly moving sigma
+        if u is None:  # cold start, seeded per matrix so runs reproduce from the config alone
+            gen = torch.Generator().manual_seed(len(self._u))
+            u = torch.nn.functional.normalize(torch.randn(w.shape[0], generator=gen, dtype=w.dtype), dim=0)
+            iters = 20
+        for _ in range(iters):
             v = torch.nn.functional.normalize(w.t() @ u, dim=0)
             u = torch.nn.functional.normalize(w @ v, dim=0)
         self._u[name] = u
         return float(u @ (w @ v))
 
     def state_dict(self) -> dict:
-        return {"caps": dict(self.caps)}
+        return {"caps": dict(self.caps), "u": {n: u.clone() for n, u in self._u.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.caps.update(state["caps"])
+        self._u.update(state.get("u", {}))  # warm power-iteration vectors

@@ -161,7 +161,9 @@ class _Correction:
     def __init__(self, model: EquilibriumModel, x_in: torch.Tensor, z_lin: torch.Tensor, slots: int):
         x_rep = x_in.repeat(slots, *([1] * (x_in.ndim - 1)))
         z_rep = z_lin.repeat(slots, *([1] * (z_lin.ndim - 1)))
-        self.products = JacobianProducts(lambda u: model.nc_force(u, x_rep), z_rep)
+        closed_form = getattr(model, "linearize_nc", None)  # a model may know its J_nc analytically
+        self.products = (closed_form(z_rep) if closed_form else None) or \
+            JacobianProducts(lambda u: model.nc_force(u, x_rep), z_rep)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         if not v.is_complex():

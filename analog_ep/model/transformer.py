@@ -37,6 +37,7 @@ from analog_ep.model.layers import (
 )
 
 MODES = ("thick", "real", "energy", "mono")
+_GELU_A = math.sqrt(2.0 / math.pi)
 
 
 @dataclass
@@ -209,6 +210,12 @@ class EquilibriumTransformer(EquilibriumModel):
         sym = cfg.mono_margin * z + matmul(z, self.P.t() @ self.P)
         return x_in - sym + self._memory_force(z) + self.nc_force(z, x_in)
 
+    def linearize_nc(self, z: torch.Tensor) -> "ThickLinearization | None":
+        """Closed-form J_nc products at z (thick mode without q/k norm), or None for autograd."""
+        if self.config.mode != "thick" or self.config.qk_norm or z.is_complex():
+            return None
+        return ThickLinearization(self, z)
+
     # ---- readout ---------------------------------------------------------------------------
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         return matmul(z, self.W_head)  # (B, T, V)
@@ -236,3 +243,82 @@ class EquilibriumTransformer(EquilibriumModel):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())
+
+
+class ThickLinearization:
+    """J_nc v and J_nc^T v of the thick block's Attn(LN1 z) + FFN(LN2 z) at a fixed state z0.
+
+    Every elementwise Jacobian factor (LayerNorm statistics, attention probabilities, GELU slope)
+    is computed once here, so each product afterwards is the block's matmuls plus a few cheap
+    elementwise ops: about half the cost of autograd's double backward, which re-derives the
+    LayerNorm and GELU second-order terms on every call. Products count into `products`.
+    """
+
+    def __init__(self, model: EquilibriumTransformer, z0: torch.Tensor, eps: float = 1e-5):
+        with torch.no_grad():
+            self.m = model
+            B, T, C = z0.shape
+            self.shape, self.scale = (B, T, C), 1.0 / math.sqrt(model.head_dim)
+            self.ln1, h1 = self._ln_stats(z0, model.ln1_w, model.ln1_b, eps)
+            self.ln2, h2 = self._ln_stats(z0, model.ln2_w, model.ln2_b, eps)
+            self.W_qkv = torch.cat([model.W_q, model.W_k, model.W_v], dim=1)  # (C, 3C)
+            q, k, v = (model._heads(t) for t in (h1 @ self.W_qkv).split(C, dim=-1))  # (B, H, T, dh)
+            self.q, self.k, self.v = q, k, v
+            scores = (q @ k.transpose(-2, -1)) * self.scale
+            self.P = torch.softmax(scores.masked_fill(~model.causal[:T, :T], float("-inf")), dim=-1)
+            u = torch.addmm(model.b_fc, h2.reshape(B * T, C), model.W_fc)  # (BT, 4C)
+            t = torch.tanh(_GELU_A * (u + 0.044715 * u ** 3))
+            self.gelu_slope = 0.5 * (1 + t) + 0.5 * u * (1 - t * t) * _GELU_A * (1 + 3 * 0.044715 * u * u)
+        self.products = 0
+
+    @staticmethod
+    def _ln_stats(z, w, b, eps):
+        centred = z - z.mean(-1, keepdim=True)
+        rstd = torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)
+        xhat = centred * rstd
+        return (xhat, rstd, w), xhat * w + b
+
+    @staticmethod
+    def _ln_jvp(v, stats):
+        xhat, rstd, w = stats
+        return w * rstd * (v - v.mean(-1, keepdim=True) - xhat * (v * xhat).mean(-1, keepdim=True))
+
+    @staticmethod
+    def _ln_vjp(g, stats):  # LayerNorm's Jacobian (without the affine) is symmetric
+        xhat, rstd, w = stats
+        gw = g * w
+        return rstd * (gw - gw.mean(-1, keepdim=True) - xhat * (gw * xhat).mean(-1, keepdim=True))
+
+    def _merge(self, t):
+        B, T, C = self.shape
+        return t.transpose(1, 2).reshape(B, T, C)  # (B, H, T, dh) -> (B, T, C)
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            m, (B, T, C) = self.m, self.shape
+            dq, dk, dv = (m._heads(t) for t in (self._ln_jvp(v, self.ln1) @ self.W_qkv).split(C, dim=-1))
+            ds = (dq @ self.k.transpose(-2, -1) + self.q @ dk.transpose(-2, -1)) * self.scale
+            dP = self.P * (ds - (self.P * ds).sum(-1, keepdim=True))  # softmax Jacobian
+            attn = self._merge(dP @ self.v + self.P @ dv) @ m.W_o
+            du = self._ln_jvp(v, self.ln2).reshape(B * T, C) @ m.W_fc
+            ffn = (self.gelu_slope * du) @ m.W_proj
+            self.products += 1
+            return attn + ffn.reshape(B, T, C)
+
+    def vjp(self, g: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            m, (B, T, C) = self.m, self.shape
+            go = m._heads(g @ m.W_o.t())  # (B, H, T, dh)
+            gP = go @ self.v.transpose(-2, -1)
+            gv = self.P.transpose(-2, -1) @ go
+            gs = self.P * (gP - (gP * self.P).sum(-1, keepdim=True)) * self.scale
+            gq, gk = gs @ self.k, gs.transpose(-2, -1) @ self.q
+            gh1 = torch.cat([self._merge(gq), self._merge(gk), self._merge(gv)], dim=-1) @ self.W_qkv.t()
+            gu = (g.reshape(B * T, C) @ m.W_proj.t()) * self.gelu_slope
+            gh2 = (gu @ m.W_fc.t()).reshape(B, T, C)
+            self.products += 1
+            return self._ln_vjp(gh1, self.ln1) + self._ln_vjp(gh2, self.ln2)
+
+    def antisymmetric(self, v: torch.Tensor) -> torch.Tensor:
+        """(J_nc - J_nc^T) v."""
+        return self.jvp(v) - self.vjp(v)

@@ -28,12 +28,6 @@ def set_args(items):
     return [a for item in items for a in ("--set", item)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def call(argv):

@@ -6,6 +6,8 @@ is the estimator's own: the AEP correction, the nudge bias in beta and the T2 tr
 import pytest
 import torch
 
+from analog_ep.diagnostics.fingerprint import cosine, group_cosines
+
 from analog_ep.errors import ConfigError
 from analog_ep.estimator.ep import EPConfig, ep_gradient, estimate_adjoint, vector_field_gradient
 from analog_ep.estimator.exact import adjoint_gradient, bptt_gradient
@@ -18,13 +20,6 @@ T2 = 100  # long enough for the centred/holomorphic contrast to settle on this b
 RES_TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: intra-op threads only add contention on a small shared machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def batch(vocab=20, context=16, b=4, seed=0):
@@ -39,12 +34,10 @@ def flat(grads, names):
 
 
 def cos(a, b, names):
-    va, vb = flat(a, names), flat(b, names)
-    return float(va @ vb / (va.norm() * vb.norm()))
+    return cosine(flat(a, names), flat(b, names))
 
 
-def group_cos(model, a, b):
-    return {g: cos(a, b, names) for g, names in model.groups().items()}
+group_cos = group_cosines
 
 
 def rel_err(a, b):

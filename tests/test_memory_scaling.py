@@ -15,12 +15,6 @@ from analog_ep.model.transformer import EquilibriumTransformer, TransformerConfi
 from analog_ep.relax.solvers import RelaxConfig
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,6 @@ from analog_ep.train.stabilizers import (AbortFuse, AbortTraining, JacobianContr
 from analog_ep.train.twin import DigitalTwin
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def thick_block(vocab=20, context=16, width=32, heads=2, seed=1, mode="thick"):

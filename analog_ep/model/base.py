@@ -22,12 +22,38 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from analog_ep.model.layers import matmul
+
 
 class EquilibriumModel(nn.Module):
     """Abstract base: subclasses implement the force, the readout and the parameter grouping."""
 
     #: True when `force`, `nc_force` and `loss_grad` extend holomorphically to complex `z`.
     analytic: bool = False
+
+    #: Set by an analog chip (`analog_ep.hardware.chip.AnalogChip`): weight products of real
+    #: states outside autograd then run on its crossbars, with their periphery.
+    hardware = None
+
+    def product(self, x: torch.Tensor, name: str, transpose: bool = False) -> torch.Tensor:
+        """x @ W (or x @ W^T) for the weight called `name`: where the state meets a weight matrix.
+
+        Routed through the chip when one holds that matrix; autograd and complex (holomorphic)
+        evaluations use the parameter, which the chip keeps equal to what its tiles hold.
+        """
+        hw = self.hardware
+        if hw is not None and not x.is_complex() and not torch.is_grad_enabled() and hw.holds(name):
+            return hw.matmul(name, x, transpose)
+        w = self.get_parameter(name)
+        return matmul(x, w.t() if transpose else w)
+
+    def products(self, x: torch.Tensor, names: tuple[str, ...]) -> list[torch.Tensor]:
+        """[x @ W for each name]: one fused read when the chip holds them all (same input rows)."""
+        hw = self.hardware
+        if hw is not None and not x.is_complex() and not torch.is_grad_enabled() and \
+                all(hw.holds(n) for n in names):
+            return hw.matmul_shared(tuple(names), x)
+        return [self.product(x, n) for n in names]
 
     # ---- the dynamical system -------------------------------------------------------------
     def drive(self, x: torch.Tensor) -> torch.Tensor:

@@ -122,12 +122,13 @@ class EquilibriumMLP(EquilibriumModel):
 
     def force(self, z: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
         states, rates = self._rates(z, x_in)
-        W, L = self.weights, len(self.sizes) - 1  # L hidden layers; index L is the output
+        L = len(self.sizes) - 1  # L hidden layers; index L is the output
         out = []
         for l, s in enumerate(states):
-            field = matmul(rates[l], W[l]) + self.biases[l]  # bottom-up input and bias
+            field = self.product(rates[l], f"weights.{l}") + self.biases[l]  # bottom-up input and bias
             if l < L:  # hidden: plus top-down feedback, through rho' since dE/ds_l = rho'(s_l) dE/dr_l
-                field = self.rho_prime(s) * (field + matmul(rates[l + 2], W[l + 1].t()))
+                top_down = self.product(rates[l + 2], f"weights.{l + 1}", transpose=True)
+                field = self.rho_prime(s) * (field + top_down)
             out.append(field - (1.0 + self.config.damping) * s)
         return torch.cat(out, dim=-1)
 

@@ -130,6 +130,11 @@ class EquilibriumTransformer(EquilibriumModel):
         return self.config.mode == "thick"
 
     def drive(self, idx: torch.Tensor) -> torch.Tensor:
+        hw = self.hardware
+        if hw is not None and not torch.is_grad_enabled() and hw.holds("tok"):
+            # Embeddings on a crossbar: a lookup is the read of one row (a one-hot input).
+            onehot = F.one_hot(idx, self.config.vocab_size).to(self.tok.dtype)  # (B, T, V)
+            return self.product(onehot, "tok") + self.pos[: idx.shape[1]]
         return self.tok[idx] + self.pos[: idx.shape[1]]  # (B, T, C)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,45 +149,48 @@ class EquilibriumTransformer(EquilibriumModel):
         """
         return not h.is_complex() and not torch.is_grad_enabled()
 
+    def _digital(self, h: torch.Tensor) -> bool:
+        """Fast path with every weight digital: products may be fused across matrices."""
+        return self._fast_path(h) and self.hardware is None
+
     def attention(self, h: torch.Tensor) -> torch.Tensor:
         """Causal multi-head attention of the (normalised) state h: (B, T, C) -> (B, T, C)."""
         B, T, C = h.shape
-        if self._fast_path(h):
+        if self._digital(h):
             qkv = h @ torch.cat([self.W_q, self.W_k, self.W_v], dim=1)  # (B, T, 3C)
             q, k, v = (self._heads(t) for t in qkv.split(C, dim=-1))
-            if self.config.qk_norm:
-                q, k = rms_norm(q), rms_norm(k)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, dh)
-            return out.transpose(1, 2).reshape(B, T, C) @ self.W_o
-        q, k, v = (self._heads(matmul(h, w)) for w in (self.W_q, self.W_k, self.W_v))
+        else:
+            q, k, v = (self._heads(t) for t in self.products(h, ("W_q", "W_k", "W_v")))
         if self.config.qk_norm:
             q, k = rms_norm(q), rms_norm(k)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T)
-        probs = masked_softmax(scores, self.causal[:T, :T])
-        out = (probs @ v).transpose(1, 2).reshape(B, T, C)  # (B, H, T, dh) -> (B, T, C)
-        return matmul(out, self.W_o)
+        if self._fast_path(h):
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, dh)
+        else:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T)
+            out = masked_softmax(scores, self.causal[:T, :T]) @ v
+        return self.product(out.transpose(1, 2).reshape(B, T, C), "W_o")  # (B, H, T, dh) -> (B, T, C)
 
     def ffn(self, h: torch.Tensor) -> torch.Tensor:
-        if self._fast_path(h):
+        if self._digital(h):
             B, T, C = h.shape
             flat = h.reshape(B * T, C)  # addmm fuses the bias into the product
             hidden = F.gelu(torch.addmm(self.b_fc, flat, self.W_fc), approximate="tanh")
             return torch.addmm(self.b_proj, hidden, self.W_proj).reshape(B, T, C)
-        return matmul(gelu_tanh(matmul(h, self.W_fc) + self.b_fc), self.W_proj) + self.b_proj
+        return self.product(gelu_tanh(self.product(h, "W_fc") + self.b_fc), "W_proj") + self.b_proj
 
     def _memory_force(self, z: torch.Tensor) -> torch.Tensor:
-        """-grad of E_mem = -sum relu(z Wm)^2."""
-        return 2.0 * matmul(F.relu(matmul(z, self.W_mem)), self.W_mem.t())
+        """-grad of E_mem = -sum relu(z Wm)^2 (a forward and a transposed read of one array)."""
+        return 2.0 * self.product(F.relu(self.product(z, "W_mem")), "W_mem", transpose=True)
 
     def _lse_attention_force(self, z: torch.Tensor) -> torch.Tensor:
         """-grad of E_att = -(1/gamma) sum_{heads, i} LSE_j(gamma q_i.k_j / sqrt(dh)), causal."""
         B, T, C = z.shape
-        q, k = self._heads(z @ self.W_q), self._heads(z @ self.W_k)
+        q, k = self._heads(self.product(z, "W_q")), self._heads(self.product(z, "W_k"))
         scale = 1.0 / math.sqrt(self.head_dim)
         p = masked_softmax(self.config.lse_gamma * scale * (q @ k.transpose(-2, -1)), self.causal[:T, :T])
         dq = (p @ k * scale).transpose(1, 2).reshape(B, T, C)  # dE/dq = -P K / sqrt(dh)
         dk = (p.transpose(-2, -1) @ q * scale).transpose(1, 2).reshape(B, T, C)
-        return dq @ self.W_q.t() + dk @ self.W_k.t()
+        return self.product(dq, "W_q", transpose=True) + self.product(dk, "W_k", transpose=True)
 
     def nc_force(self, z: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor | None:
         cfg = self.config
@@ -191,8 +199,9 @@ class EquilibriumTransformer(EquilibriumModel):
                 layer_norm(z, self.ln2_w, self.ln2_b))
         if cfg.mode == "real":
             return cfg.attn_gain * self.attention(z)
-        if cfg.mode == "mono":
-            return matmul(z, (self.Q - self.Q.t()).t()) + cfg.attn_gain * self.attention(z)
+        if cfg.mode == "mono":  # z (Q - Q^T)^T = z Q^T - z Q
+            skew = self.product(z, "Q", transpose=True) - self.product(z, "Q")
+            return skew + cfg.attn_gain * self.attention(z)
         return None
 
     def force(self, z: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
@@ -207,7 +216,7 @@ class EquilibriumTransformer(EquilibriumModel):
         if cfg.mode == "energy":
             return x_in - (1.0 + cfg.damping) * z + self._memory_force(z) + self._lse_attention_force(z)
         # mono
-        sym = cfg.mono_margin * z + matmul(z, self.P.t() @ self.P)
+        sym = cfg.mono_margin * z + self.product(self.product(z, "P", transpose=True), "P")  # z P^T P
         return x_in - sym + self._memory_force(z) + self.nc_force(z, x_in)
 
     def linearize_nc(self, z: torch.Tensor) -> "ThickLinearization | None":
@@ -218,10 +227,10 @@ class EquilibriumTransformer(EquilibriumModel):
 
     # ---- readout ---------------------------------------------------------------------------
     def logits(self, z: torch.Tensor) -> torch.Tensor:
-        return matmul(z, self.W_head)  # (B, T, V)
+        return self.product(z, "W_head")  # (B, T, V)
 
     def loss_grad(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return matmul(cross_entropy_grad(self.logits(z), y), self.W_head.t())
+        return self.product(cross_entropy_grad(self.logits(z), y), "W_head", transpose=True)
 
     def readout_parameters(self):
         return [("W_head", self.W_head)]

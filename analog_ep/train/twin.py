@@ -95,6 +95,7 @@ class DigitalTwin:
     # ---- one step ----------------------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> StepRecord:
         model, stab = self.model, self.stab
+        self.current_step = step
         with torch.no_grad():
             x_in = model.drive(x)
             free = relax(lambda z: model.force(z, x_in), model.initial_state(x_in), self.relax_config)

@@ -1,0 +1,219 @@
+"""An analog chip: a model's weight matrices on crossbars, read through a periphery, written by pulses.
+
+`AnalogChip(model, config)` maps every weight matrix of the force (and, if selected, the readout
+and the embeddings) onto `CrossbarArray`s, programs them, and installs itself as the model's
+`hardware`: from then on the relaxation's weight products run through `analog_matmul` with the
+chip's DAC/ADC, read noise, optical noise, weight quantisation and static mismatch.
+
+Once per training step `refresh()` reads every tile's conductances (one aihwkit read per tile),
+applies the static non-idealities and caches the result, so the many products of a relaxation
+are vectorised torch ops; it also copies the effective weights into the model's parameters, so
+the digital parts of the estimator (the vector-field gradient, the AEP linearisation) see
+exactly what the tiles hold.
+
+Writes take the desired change of each matrix (model units) and realise it through the device:
+'sign_pulse' sends at most one pulse per device per round (Lion's sign update), 'quantized'
+rounds the change to whole pulses (at most `max_pulses`), 'ideal' sets the weights exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from aihwkit.simulator.tiles import AnalogTile
+
+from analog_ep.errors import check
+from analog_ep.hardware.device import DeviceConfig, construction_seed
+from analog_ep.hardware.ledger import PulseLedger
+from analog_ep.hardware.periphery import (NoiseSource, PeripheryConfig, analog_matmul, effective_conductances,
+                                          mismatch_gains)
+from analog_ep.hardware.tiles import CrossbarArray, ProgramReport
+from analog_ep.model.base import EquilibriumModel
+
+WRITES = ("sign_pulse", "quantized", "ideal")
+PROGRAMS = ("ideal", "verify")
+
+
+@dataclass
+class ChipConfig:
+    """Devices, periphery, tiling and write scheme of one chip."""
+
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    """The crossbar cell (aihwkit device model and its variation)."""
+    periphery: PeripheryConfig = field(default_factory=PeripheryConfig)
+    """Converters, noise, quantisation and mismatch of every read."""
+    tile_rows: int = 512
+    """Crossbar rows (inputs) per tile."""
+    tile_cols: int = 512
+    """Crossbar columns (outputs) per tile."""
+    range_factor: float = 2.0
+    """The devices' symmetric conductance range covers +-range_factor x max|W0| of each matrix:
+    headroom for learning, traded against resolution (one pulse = dw_min x that scale)."""
+    readout_on_tiles: bool = False
+    """Also put the readout W_head on a crossbar."""
+    embeddings_on_tiles: bool = False
+    """Also put the token and position embeddings on crossbars (read as one-hot rows)."""
+    program: str = "ideal"
+    """Initial programming: 'ideal' (set exactly) or 'verify' (pulse-and-read until within tolerance)."""
+    program_tolerance: float = 0.5
+    """Program-and-verify stops for a device within this many nominal pulse steps of its target."""
+    program_rounds: int = 200
+    """Program-and-verify round cap."""
+    write: str = "sign_pulse"
+    """'sign_pulse' (one pulse per device per round, Lion), 'quantized' (update rounded to whole
+    pulses) or 'ideal' (weights set exactly: the comparison baseline)."""
+    max_pulses: int = 8
+    """Cap on pulses per device per step for 'quantized' writes and trust-ratio gains."""
+    seed: int = 0
+    """Chip seed: device-to-device variation and mismatch are drawn once from it."""
+
+    def __post_init__(self):
+        if isinstance(self.device, dict):
+            self.device = DeviceConfig(**self.device)
+        if isinstance(self.periphery, dict):
+            self.periphery = PeripheryConfig(**self.periphery)
+        check(self.write in WRITES, "write", self.write, "unknown write scheme", f"use one of {', '.join(WRITES)}")
+        check(self.program in PROGRAMS, "program", self.program, "unknown programming",
+              f"use one of {', '.join(PROGRAMS)}")
+        check(self.tile_rows >= 1 and self.tile_cols >= 1, "tile_rows", (self.tile_rows, self.tile_cols),
+              "tile sizes must be >= 1")
+        check(self.range_factor > 0, "range_factor", self.range_factor, "must be > 0")
+        check(self.max_pulses >= 1, "max_pulses", self.max_pulses, "must be >= 1")
+
+
+def device_bounds(device: DeviceConfig) -> tuple[float, float]:
+    """Typical (w_min, w_max) a cell can hold, measured by writing far out of range and reading back."""
+    tile = AnalogTile(64, 64, device.rpu_config(12345))
+    tile.set_weights(torch.full((64, 64), 1e3))
+    hi = float(tile.get_weights()[0].median())
+    tile.set_weights(torch.full((64, 64), -1e3))
+    lo = float(tile.get_weights()[0].median())
+    return lo, hi
+
+
+class AnalogChip:
+    """See module docstring."""
+
+    def __init__(self, model: EquilibriumModel, config: ChipConfig, ledger: PulseLedger | None = None):
+        self.model, self.config = model, config
+        self.ledger = ledger if ledger is not None else PulseLedger()
+        self.w_min, self.w_max = device_bounds(config.device)
+        usable = min(-self.w_min, self.w_max)
+        check(usable > 0, "device.differential", config.device.differential,
+              f"{config.device.model} holds only one sign (range [{self.w_min:g}, {self.w_max:g}])",
+              "set device.differential: true to store each weight on a pair of devices")
+        self.step_size = {}  # name -> model units moved by one nominal pulse
+        self.arrays: dict[str, CrossbarArray] = {}
+        self.gains: dict[str, torch.Tensor] = {}
+        self.reports: dict[str, ProgramReport] = {}
+        self._G: dict[str, torch.Tensor] = {}
+        self._shared: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        gen = torch.Generator().manual_seed(config.seed)
+        for name in self._selected(model, config):
+            W = model.get_parameter(name).detach().float()
+            scale = config.range_factor * float(W.abs().max().clamp_min(1e-8)) / usable
+            arr = CrossbarArray(name, tuple(W.shape), config.device, config.tile_rows, config.tile_cols,
+                                config.seed, scale, self.ledger)
+            if config.program == "verify":
+                self.reports[name] = arr.program(W, config.program_tolerance, config.program_rounds)
+            else:
+                arr.set(W)
+                self.reports[name] = ProgramReport(0, 0, float((arr.read() - W).abs().max()))
+            self.arrays[name] = arr
+            self.step_size[name] = config.device.dw_min * scale
+            p = config.periphery
+            self.gains[name] = mismatch_gains((*arr.grid, arr.tile_rows, arr.tile_cols), p.mismatch,
+                                              p.mismatch_clamp, gen) if p.mismatch > 0 else None
+        # Per-read noise: seeded from the chip, drawn from a pre-drawn bank (see NoiseSource).
+        self.noise = NoiseSource(torch.Generator().manual_seed(config.seed + 1), config.periphery.noise_bank)
+        model.hardware = self
+        self.refresh()
+
+    @staticmethod
+    def _selected(model: EquilibriumModel, config: ChipConfig) -> list[str]:
+        names = [n for n, _ in model.weight_matrices()]
+        if config.readout_on_tiles:
+            names += [n for n, p in model.readout_parameters() if p.ndim == 2]
+        if config.embeddings_on_tiles:
+            names += [n for n, p in model.force_parameters() if model.param_group(n) == "embeddings"
+                      and p.ndim == 2 and n not in names]
+        return names
+
+    # ---- reads -------------------------------------------------------------------------------
+    def holds(self, name: str) -> bool:
+        return name in self.arrays
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Read every tile once; cache effective conductances; mirror them into the model."""
+        for name, arr in self.arrays.items():
+            G = effective_conductances(arr.read_tiles(), self.config.periphery, self.gains[name],
+                                       self.w_min, self.w_max)
+            self._G[name] = G
+            self._shared.clear()  # fused views are rebuilt from the fresh reads on first use
+            p = self.model.get_parameter(name)
+            p.copy_(arr.assemble(G).to(p.dtype))
+
+    def matmul_shared(self, names: tuple[str, ...], x: torch.Tensor) -> list[torch.Tensor]:
+        """x @ W for several matrices reading the same input (Q, K, V): one batched periphery call.
+
+        Their column tiles sit side by side behind the same row tiles, so noise management, the
+        DAC and the row-tile sums are shared exactly as on separate arrays, and every later step
+        is per output column: the result is the same as separate reads, in one pass.
+        """
+        G, scale = self._shared.get(names) or self._build_shared(names)
+        out = analog_matmul(x, G.to(x.dtype), scale.to(x.dtype), self.config.periphery, G.shape[-1], self.noise)
+        return list(out.split([self.arrays[n].shape[1] for n in names], dim=-1))
+
+    def _build_shared(self, names: tuple[str, ...]):
+        arrays = [self.arrays[n] for n in names]
+        rows = {a.shape[0] for a in arrays}
+        check(len(rows) == 1 and len({a.tile_rows for a in arrays}) == 1, "names", names,
+              "matrices read together must share their input rows")
+        flats = []
+        for n, a in zip(names, arrays):
+            R, C, tr, tc = self._G[n].shape  # (R, C, tr, tc) -> (R, tr, C*tc) -> crop the padding
+            flats.append(self._G[n].permute(0, 2, 1, 3).reshape(R, tr, C * tc)[..., : a.shape[1]])
+        G = torch.cat(flats, dim=-1).unsqueeze(1)  # one wide column tile: (R, 1, tr, sum of outputs)
+        scale = torch.cat([torch.full((a.shape[1],), a.scale) for a in arrays])
+        self._shared[names] = (G, scale)
+        return G, scale
+
+    def matmul(self, name: str, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """x @ W (or x @ W^T, a read through the columns) on the crossbar, with its periphery."""
+        arr, G = self.arrays[name], self._G[name]
+        if transpose:
+            G = G.permute(1, 0, 3, 2)  # swap the roles of rows and columns, tile by tile
+        out = arr.shape[0] if transpose else arr.shape[1]
+        return analog_matmul(x, G.to(x.dtype), arr.scale, self.config.periphery, out, self.noise)
+
+    # ---- writes ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def write(self, deltas: dict[str, torch.Tensor], step: int, pulse_counts: dict[str, int] | None = None
+              ) -> int:
+        """Realise the desired change of each held matrix (model units); returns pulses sent.
+
+        `pulse_counts` (sign_pulse only) repeats a matrix's sign round that many times: the
+        per-tensor gain of Lion's trust-ratio variant, as whole pulses.
+        """
+        sent = 0
+        for name, delta in deltas.items():
+            arr = self.arrays[name]
+            if self.config.write == "ideal":
+                arr.set(arr.read() + delta.float())
+                continue
+            if self.config.write == "sign_pulse":
+                n = (pulse_counts or {}).get(name, 1)
+                pulses = torch.sign(delta) * min(n, self.config.max_pulses)
+            else:
+                pulses = torch.round(delta / self.step_size[name]).clamp(-self.config.max_pulses,
+                                                                         self.config.max_pulses)
+            rounds = int(pulses.abs().max()) if pulses.numel() else 0
+            for k in range(1, rounds + 1):  # round k pulses the devices that still owe >= k pulses
+                sent += arr.pulse((torch.sign(pulses) * (pulses.abs() >= k)).to(torch.int8), step)
+        self.refresh()
+        return sent
+
+    @property
+    def pulses(self) -> int:
+        return sum(arr.pulses for arr in self.arrays.values())

@@ -1,0 +1,130 @@
+"""A weight matrix on a grid of simulated crossbar tiles.
+
+W (in, out), applied as x @ W, is cut into tiles of (tile_rows, tile_cols): inputs drive rows
+(word lines), outputs are read on columns (bit lines). Each tile is an aihwkit `AnalogTile`
+holding its block transposed, (out, in), in tile weight units; model units = `scale` x tile units.
+`scale` maps the tile's conductance range onto `range_factor` x max|W0| at programming time.
+
+Reads return the conductances as a zero-padded (n_row_tiles, n_col_tiles, tile_rows, tile_cols)
+tensor, the layout the vectorised periphery (`periphery.analog_matmul`) works on. Writes are
+pulse rounds: a sign matrix S in {-1, 0, +1} of W's shape sends one pulse to each device with
+S != 0 through aihwkit, so the device model decides the realised change.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from aihwkit.simulator.tiles import AnalogTile
+
+from analog_ep.errors import check
+from analog_ep.hardware.device import DeviceConfig, construction_seed
+from analog_ep.hardware.ledger import PulseLedger
+
+# Learning rate handed to aihwkit: far above any device's weight granularity, so the implicit
+# pulse count saturates at the bit length of 1 -- exactly one pulse per device with S != 0.
+_SATURATING_LR = 1e6
+
+
+@dataclass
+class ProgramReport:
+    """What programming a matrix cost."""
+
+    pulses: int
+    """Pulses sent (0 for an ideal write)."""
+    rounds: int
+    """Verify iterations (pulse rounds)."""
+    max_error: float
+    """Largest |W - W_target| left, in model units."""
+
+
+class CrossbarArray:
+    """One weight matrix on crossbar tiles (see module docstring)."""
+
+    def __init__(self, name: str, shape: tuple[int, int], device: DeviceConfig, tile_rows: int = 512,
+                 tile_cols: int = 512, chip_seed: int = 0, scale: float = 1.0,
+                 ledger: PulseLedger | None = None):
+        check(tile_rows >= 1 and tile_cols >= 1, "tile_size", (tile_rows, tile_cols), "must be >= 1")
+        self.name, self.shape, self.device = name, tuple(shape), device
+        self.tile_rows, self.tile_cols, self.scale, self.ledger = tile_rows, tile_cols, scale, ledger
+        rows, cols = self.shape
+        self.grid = (math.ceil(rows / tile_rows), math.ceil(cols / tile_cols))
+        self.tiles: dict[tuple[int, int], AnalogTile] = {}
+        for r in range(self.grid[0]):
+            for c in range(self.grid[1]):
+                (r0, r1), (c0, c1) = self._span(r, c)
+                tile = AnalogTile(c1 - c0, r1 - r0, device.rpu_config(construction_seed(chip_seed, name, (r, c))))
+                tile.set_learning_rate(_SATURATING_LR)
+                self.tiles[(r, c)] = tile
+        self.pulses = 0
+
+    def _span(self, r: int, c: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        rows, cols = self.shape
+        return ((r * self.tile_rows, min(rows, (r + 1) * self.tile_rows)),
+                (c * self.tile_cols, min(cols, (c + 1) * self.tile_cols)))
+
+    # ---- reads -------------------------------------------------------------------------------
+    def read_tiles(self) -> torch.Tensor:
+        """Conductances (tile units), zero-padded: (n_row_tiles, n_col_tiles, tile_rows, tile_cols)."""
+        G = torch.zeros(*self.grid, self.tile_rows, self.tile_cols)
+        for (r, c), tile in self.tiles.items():
+            w, _ = tile.get_weights()  # (out, in) block
+            G[r, c, : w.shape[1], : w.shape[0]] = w.t()
+        return G
+
+    def read(self) -> torch.Tensor:
+        """The matrix in model units, (in, out)."""
+        return self.assemble(self.read_tiles())
+
+    def assemble(self, G: torch.Tensor) -> torch.Tensor:
+        """(nr, nc, tr, tc) tile units -> (in, out) model units."""
+        nr, nc, tr, tc = G.shape
+        full = G.permute(0, 2, 1, 3).reshape(nr * tr, nc * tc)  # rows of tiles, then columns
+        return self.scale * full[: self.shape[0], : self.shape[1]]
+
+    # ---- writes ------------------------------------------------------------------------------
+    def set(self, W: torch.Tensor) -> None:
+        """Ideal write: every conductance set to W / scale (clipped by the device's bounds)."""
+        for (r, c), tile in self.tiles.items():
+            (r0, r1), (c0, c1) = self._span(r, c)
+            tile.set_weights((W[r0:r1, c0:c1] / self.scale).t().contiguous().float())
+
+    def pulse(self, signs: torch.Tensor, step: int = 0, phase: str = "train") -> int:
+        """One round: a pulse to every device where signs (in, out) is +-1. Returns pulses sent."""
+        sent = 0
+        for (r, c), tile in self.tiles.items():
+            (r0, r1), (c0, c1) = self._span(r, c)
+            block = signs[r0:r1, c0:c1]
+            count = int(block.count_nonzero())
+            if count == 0:
+                continue
+            # update(x, d) applies W_tile -= lr * d^T x; with x = I and d = -block that is one
+            # pulse per nonzero entry, in the direction of its sign.
+            tile.update(torch.eye(r1 - r0), -block.float())
+            if self.ledger is not None:
+                self.ledger.record(step, self.name, (r, c), block.to(torch.int8), phase=phase)
+            sent += count
+        self.pulses += sent
+        return sent
+
+    def program(self, target: torch.Tensor, tolerance: float = 0.5, max_rounds: int = 200,
+                start: torch.Tensor | None = None) -> ProgramReport:
+        """Program-and-verify: read, pulse toward the target, repeat.
+
+        Devices whose error exceeds `tolerance` x the nominal pulse step get one pulse per round
+        toward their target; stops when all are within tolerance or after `max_rounds`.
+        `start` (model units) is the as-fabricated state written first (default: zeros).
+        """
+        self.set(torch.zeros(self.shape) if start is None else start)
+        step = self.device.dw_min * self.scale
+        sent = rounds = 0
+        error = target - self.read()
+        while rounds < max_rounds:
+            mask = error.abs() > tolerance * step
+            if not bool(mask.any()):
+                break
+            sent += self.pulse(torch.sign(error) * mask, step=0, phase="program")
+            rounds += 1
+            error = target - self.read()
+        return ProgramReport(sent, rounds, float(error.abs().max()))

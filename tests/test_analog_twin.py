@@ -77,3 +77,25 @@ def test_ideal_chip_tracks_the_digital_twin():
     for (n, pa), (_, pd) in zip(analog.model.named_parameters(), digital.model.named_parameters()):
         err = float((pa - pd).abs().max())
         assert err < 1e-5, (n, err)
+
+
+def test_trust_ratio_gain_becomes_whole_pulses_per_tensor():
+    corpus, model, args = setup(lr=5e-3)  # lr_eff = lr x rms(W) ~ several pulse steps
+    opt = args[2]
+    opt.trust_ratio = True
+    chip = ChipConfig(device=DeviceConfig(model="ConstantStep", overrides=dict(dw_min=1e-4)), max_pulses=6)
+    twin = AnalogTwin(model, chip, *args)
+    x, y = corpus.batch("train", 8, torch.Generator().manual_seed(2))
+    twin.step(x, y, 1)
+    rounds: dict[str, int] = {}
+    for _, array, _, _ in twin.chip.ledger.rounds(phase="train"):
+        rounds[array] = rounds.get(array, 0) + 1
+    expected = {}
+    for name, p in twin.model.named_parameters():
+        if twin.chip.holds(name):  # lr_eff = lr * ||p|| / ||u||, u = +-1 everywhere at step 1
+            gain = opt.lr * float(p.norm()) / p.numel() ** 0.5
+            expected[name] = min(6, max(1, round(gain / twin.chip.step_size[name])))
+    print(f"\ntrust-ratio pulses per matrix: {rounds}; expected about {expected}")
+    assert max(rounds.values()) > 1
+    for name, n in rounds.items():
+        assert abs(n - expected[name]) <= 1, name

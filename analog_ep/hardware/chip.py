@@ -214,6 +214,19 @@ class AnalogChip:
         self.refresh()
         return sent
 
+    @torch.no_grad()
+    def replay(self, ledger: PulseLedger, phase: str | None = "train") -> int:
+        """Send a recorded schedule's pulses again, in order (e.g. onto a freshly built chip).
+
+        With the same chip seed and a deterministic device the result is bit-identical; with
+        cycle-to-cycle noise it is a new draw of the same schedule. Returns pulses sent.
+        """
+        sent = 0
+        for step, array, tile, signs in ledger.rounds(phase=phase):
+            sent += self.arrays[array].pulse_tile(tile, torch.from_numpy(signs), step)
+        self.refresh()
+        return sent
+
     @property
     def pulses(self) -> int:
         return sum(arr.pulses for arr in self.arrays.values())

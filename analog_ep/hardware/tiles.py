@@ -108,6 +108,13 @@ class CrossbarArray:
         self.pulses += sent
         return sent
 
+    def pulse_tile(self, tile: tuple[int, int], signs: torch.Tensor, step: int = 0, phase: str = "replay") -> int:
+        """One round on one tile: `signs` is that tile's (rows used, cols used) block."""
+        (r0, r1), (c0, c1) = self._span(*tile)
+        full = torch.zeros(self.shape, dtype=torch.int8)
+        full[r0:r1, c0:c1] = torch.as_tensor(signs, dtype=torch.int8)
+        return self.pulse(full, step, phase)
+
     def program(self, target: torch.Tensor, tolerance: float = 0.5, max_rounds: int = 200,
                 start: torch.Tensor | None = None) -> ProgramReport:
         """Program-and-verify: read, pulse toward the target, repeat.

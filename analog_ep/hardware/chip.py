@@ -125,6 +125,8 @@ class AnalogChip:
             self.gains[name] = mismatch_gains((*arr.grid, arr.tile_rows, arr.tile_cols), p.mismatch,
                                               p.mismatch_clamp, gen) if p.mismatch > 0 else None
         # Per-read noise: seeded from the chip, drawn from a pre-drawn bank (see NoiseSource).
+        self.last_rounds = 0  # pulse rounds of the last write (the slowest array)
+        self.last_pulses = 0  # pulses of the last write
         self.noise = NoiseSource(torch.Generator().manual_seed(config.seed + 1), config.periphery.noise_bank)
         model.hardware = self
         self.refresh()
@@ -196,7 +198,7 @@ class AnalogChip:
         `pulse_counts` (sign_pulse only) repeats a matrix's sign round that many times: the
         per-tensor gain of Lion's trust-ratio variant, as whole pulses.
         """
-        sent = 0
+        sent, self.last_rounds = 0, 0
         for name, delta in deltas.items():
             arr = self.arrays[name]
             if self.config.write == "ideal":
@@ -209,6 +211,7 @@ class AnalogChip:
                 pulses = torch.round(delta / self.step_size[name]).clamp(-self.config.max_pulses,
                                                                          self.config.max_pulses)
             rounds = int(pulses.abs().max()) if pulses.numel() else 0
+            self.last_rounds = max(self.last_rounds, rounds)  # arrays are written in parallel
             for k in range(1, rounds + 1):  # round k pulses the devices that still owe >= k pulses
                 sent += arr.pulse((torch.sign(pulses) * (pulses.abs() >= k)).to(torch.int8), step)
         self.refresh()
@@ -226,6 +229,10 @@ class AnalogChip:
             sent += self.arrays[array].pulse_tile(tile, torch.from_numpy(signs), step)
         self.refresh()
         return sent
+
+    def total_conductance(self, g_max: float) -> float:
+        """sum |G| over every device of the chip (S) at conductance g_max for w_max."""
+        return sum(float(G.abs().sum()) for G in self._G.values()) / self.w_max * g_max
 
     @property
     def pulses(self) -> int:

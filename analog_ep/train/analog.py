@@ -19,16 +19,25 @@ import copy
 
 import torch
 
+from analog_ep.circuit.dynamics import CircuitConfig, CircuitTerm
+from analog_ep.circuit.energy import EnergyConfig, StepCost, settle_cost, write_cost
+from analog_ep.circuit.measure import SettleConfig, circuit_ep_gradient, settle
 from analog_ep.hardware.chip import AnalogChip, ChipConfig
 from analog_ep.model.base import EquilibriumModel
 from analog_ep.train.optim import Lion, clip_gradients
-from analog_ep.train.twin import DigitalTwin
+from analog_ep.train.twin import DigitalTwin, StepRecord
 
 
 class AnalogTwin(DigitalTwin):
-    """A `DigitalTwin` whose model's weight matrices live on an `AnalogChip`."""
+    """A `DigitalTwin` whose model's weight matrices live on an `AnalogChip`.
 
-    def __init__(self, model: EquilibriumModel, chip_config: ChipConfig, *args, **kwargs):
+    Without a `circuit` the relaxation is the digital Euler loop with every product on the chip;
+    with one, each phase is a measured settle of the circuit (see `analog_ep.circuit.measure`),
+    and each step also reports its physical settle time and estimated energy.
+    """
+
+    def __init__(self, model: EquilibriumModel, chip_config: ChipConfig, *args, circuit: CircuitConfig | None = None,
+                 settle: SettleConfig | None = None, energy: EnergyConfig | None = None, **kwargs):
         kwargs["ema"] = 0.0  # an average of device states is not something a chip can hold
         model = copy.deepcopy(model)  # the twin owns its weights; the caller's model stays digital
         super().__init__(model, *args, **kwargs)
@@ -36,6 +45,48 @@ class AnalogTwin(DigitalTwin):
         held = {n for n in self.chip.arrays}
         self.constraints.matrices = [(n, p) for n, p in self.constraints.matrices if n not in held]
         self.current_step = 0
+        self.circuit, self.settle_config = circuit, settle or SettleConfig()
+        self.energy_config = energy or EnergyConfig()
+        self.last_cost: StepCost | None = None
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> StepRecord:
+        if self.circuit is None:
+            record = super().step(x, y, step)
+            record.pulses = self.chip.last_pulses
+            return record
+        self.current_step = step
+        result = circuit_ep_gradient(self.model, x, y, self.circuit, self.settle_config, self.ep_config,
+                                     self.generator)
+        res = result.free.residual
+        skipped = self.stab.gate > 0 and res > self.stab.gate
+        grads = {} if skipped else result.grads
+        self.fuse.update(res, step)
+        norm = self._apply(grads)
+        cost = StepCost()
+        g_total = self.chip.total_conductance(self.energy_config.g_max)
+        nodes = result.free.sample.numel()
+        points = result.phases["nudged"]["points"]
+        lockin = self.settle_config.lockin
+        settle_cost(cost, self.energy_config, g_total, result.free.settle_time, 1, nodes * lockin)
+        settle_cost(cost, self.energy_config, g_total, result.nudged.settle_time, points, nodes * points * lockin)
+        write_cost(cost, self.energy_config, self.chip.last_pulses, self.chip.last_rounds)
+        self.last_cost = cost
+        evals = result.free.force_evals + result.nudged.force_evals * points
+        return StepRecord(result.loss, res, evals, norm, 0.0, skipped, cost.settle_s, cost.energy_j,
+                          result.free.verdict, self.chip.last_pulses)
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> float:
+        """Mean loss at the sampled free state of each batch (the circuit's own settles when set)."""
+        if self.circuit is None:
+            return super().evaluate(batches)
+        total = 0.0
+        for x, y in batches:
+            x_in = self.model.drive(x)
+            term = CircuitTerm(lambda z: self.model.force(z, x_in), self.circuit)
+            free = settle(term, term.initial(self.model.initial_state(x_in)), self.settle_config, self.generator)
+            total += float(self.model.loss(free.sample, y))
+        return total / len(batches)
 
     def _apply(self, grads: dict[str, torch.Tensor]) -> float:
         if not grads or not all(bool(torch.isfinite(g).all()) for g in grads.values()):
@@ -55,12 +106,12 @@ class AnalogTwin(DigitalTwin):
             counts = None
             if self.optim_config.trust_ratio:
                 counts = {n: max(1, round(lr / self.chip.step_size[n])) for n, (_, lr) in on_chip.items()}
-            self.chip.write(deltas, self.current_step, counts)
+            self.chip.last_pulses = self.chip.write(deltas, self.current_step, counts)
         else:
             before = {n: p.detach().clone() for n, p in held.items()}
             self.optimizer.step()
             deltas = {n: p.detach() - before[n] for n, p in held.items()}
-            self.chip.write(deltas, self.current_step)  # refresh() mirrors the tiles into the params
+            self.chip.last_pulses = self.chip.write(deltas, self.current_step)  # refresh() mirrors tiles
         self.constraints.apply()
         self.scheduler.step()
         return norm

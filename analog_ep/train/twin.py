@@ -70,6 +70,14 @@ class StepRecord:
     """Jacobian-penalty weight used."""
     skipped: bool
     """True when the validity gate skipped the task gradient."""
+    settle_time: float = 0.0
+    """Physical settle time of all phases (s; analog twin on a circuit)."""
+    energy: float = 0.0
+    """Estimated energy of the step (J; analog twin on a circuit)."""
+    verdict: str = ""
+    """Settle monitor's verdict on the free phase ('settled', 'slow', 'oscillating', ...)."""
+    pulses: int = 0
+    """Device pulses written (analog twin)."""
 
 
 class DigitalTwin:

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from analog_ep.circuit import CircuitConfig, CircuitFile
 from analog_ep.data.text import TextDataConfig
 from analog_ep.errors import ConfigError
+from analog_ep.hardware.chip import ChipConfig
 from analog_ep.estimator.ep import EPConfig
 from analog_ep.model.transformer import TransformerConfig
 from analog_ep.relax.solvers import RelaxConfig
@@ -52,7 +54,13 @@ class RunConfig:
         jacreg=0.1, residual_target=3e-3, residual_ema=0.9))
     """Stabilisers around each step."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    """Training loop."""
+    """Training loop and which twins run."""
+    chip: ChipConfig = field(default_factory=ChipConfig)
+    """The analog twin's chip: device, periphery, tiles, writes (from `uses.device` + inline)."""
+    circuit: CircuitFile = field(default_factory=lambda: CircuitFile(
+        circuit=CircuitConfig(integrator="euler", dt=1e-9)))
+    """The analog twin's relaxation circuit, settle protocol and energy constants
+    (from `uses.circuit` + inline)."""
 
     def resolve(self) -> "RunConfig":
         """Tie the fields that must agree (context, schedule length) and re-validate."""
@@ -116,6 +124,11 @@ def _coerce(value, hint, key: str, source: str):
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 2e-7 without a dot as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(key, value, "expected a number", "", source)
     if hint is str:
         if isinstance(value, str):
@@ -138,6 +151,8 @@ def merge(obj, data: dict, source: str, prefix: str = ""):
         current = getattr(obj, key)
         if is_dataclass(current):
             changes[key] = merge(current, value, source, full + ".")
+        elif isinstance(current, dict) and isinstance(value, dict):  # e.g. device overrides: key-wise
+            changes[key] = {**current, **value}
         else:
             changes[key] = _coerce(value, hints[key], full, source)
     try:
@@ -164,23 +179,74 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Defaults <- YAML file (if any) <- `--set` overrides, resolved and validated."""
+#: Where `uses:` names are looked up, relative to the chip file's folder's parent (the repo layout
+#: devices/, circuits/, chips/ side by side).
+LIBRARIES = {"device": "devices", "circuit": "circuits"}
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> dict:
+    """A YAML mapping from a file, or a one-line ConfigError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(what, str(path), "not found", "check the path")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError("encoding", f"byte {err.start}", "the file is not UTF-8 text",
+                          "save it as UTF-8", str(path)) from None
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError("yaml", str(path), f"not valid YAML{where}", "fix the syntax", str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError("<root>", type(data).__name__, "expected a mapping of sections", "", str(path))
+    return data
+
+
+def library(kind: str, root: Path | None = None) -> dict[str, Path]:
+    """name -> file of the shipped (or a project's) devices / circuits / chips."""
+    folder = (root or Path(__file__).resolve().parents[1]) / {**LIBRARIES, "chip": "chips"}[kind]
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def _resolve(kind: str, name, chip_path: Path) -> Path:
+    """A `uses:` entry: a name in the library next to the chip file, or a path."""
+    if not isinstance(name, str):
+        raise ConfigError(f"uses.{kind}", name, "expected a name or a path", "", str(chip_path))
+    direct = (chip_path.parent / name)
+    if name.endswith((".yaml", ".yml")) and direct.is_file():
+        return direct
+    options = library(kind, chip_path.resolve().parent.parent) or library(kind)
+    if name in options:
+        return options[name]
+    raise ConfigError(f"uses.{kind}", name, f"no such {kind} file", _suggest(name, options) if options else
+                      f"put it in {LIBRARIES[kind]}/", str(chip_path))
+
+
+def compose(path: str | Path) -> RunConfig:
+    """Defaults <- the device file <- the circuit file <- the chip file's own sections."""
+    path = Path(path)
+    data = read_yaml(path)
+    uses = data.pop("uses", {}) or {}
+    if not isinstance(uses, dict):
+        raise ConfigError("uses", uses, "expected a mapping", "e.g. uses: {device: reram_sb, circuit: rc_crossbar}",
+                          str(path))
+    for key in uses:
+        if key not in LIBRARIES:
+            raise ConfigError(f"uses.{key}", uses[key], "unknown key", _suggest(str(key), LIBRARIES), str(path))
     cfg = RunConfig()
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("config file", str(path), "not found", "check the path")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as err:
-            raise ConfigError("encoding", f"byte {err.start}", "the file is not UTF-8 text",
-                              "save it as UTF-8", str(path)) from None
-        except yaml.YAMLError as err:
-            line = getattr(getattr(err, "problem_mark", None), "line", None)
-            where = f" at line {line + 1}" if line is not None else ""
-            raise ConfigError("yaml", str(path), f"not valid YAML{where}", "fix the syntax", str(path)) from None
-        cfg = merge(cfg, data, str(path))
+    if "device" in uses:
+        dev_path = _resolve("device", uses["device"], path)
+        cfg = merge(cfg, {"chip": read_yaml(dev_path, "device file")}, str(dev_path))
+    if "circuit" in uses:
+        circ_path = _resolve("circuit", uses["circuit"], path)
+        cfg = merge(cfg, {"circuit": read_yaml(circ_path, "circuit file")}, str(circ_path))
+    return merge(cfg, data, str(path))
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Defaults <- chip file (with the device and circuit it uses) <- `--set` overrides, resolved."""
+    cfg = compose(path) if path is not None else RunConfig()
     for text in overrides:
         cfg = merge(cfg, parse_override(text), "--set")
     return cfg.resolve()

@@ -22,18 +22,6 @@ class CircuitFile:
 
 def load_circuit(path: str) -> CircuitFile:
     """Read and validate a circuit file (one-line ConfigError naming file and key on problems)."""
-    from pathlib import Path
+    from analog_ep.config import merge, read_yaml
 
-    import yaml
-
-    from analog_ep.config import merge
-    from analog_ep.errors import ConfigError
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("circuit file", str(path), "not found", "check the path")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise ConfigError("yaml", str(path), "not valid YAML text", "fix the syntax", str(path)) from None
-    return merge(CircuitFile(), data, str(path))
+    return merge(CircuitFile(), read_yaml(path, "circuit file"), str(path))

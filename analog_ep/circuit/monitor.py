@@ -3,37 +3,42 @@
 EP is only valid at a settled fixed point. As training drifts the operator, a complex eigenvalue
 pair of the Jacobian crosses into Re mu > 0 (a Hopf bifurcation): the circuit then circles a
 limit cycle, its residual stops falling, and a fixed-time settle would silently hand EP a point on
-the cycle. At each check the monitor records the caller's residual and two random projections
-("probes") of the state, and over the trailing `window` checks tells apart:
+the cycle. At each check the monitor records the caller's residual and `probes` random unit
+projections of the state, and over the trailing `window` checks tells apart:
 
 * settled     - the last residual is <= `threshold`;
 * slow        - log10(residual) falls by >= `slow_decay` per check (least-squares slope over the
                 window): converging, too slowly for the cap;
-* oscillating - the residual falls by less; the probes follow a rotation: one 2-term recurrence
-                x[k+1] = a1 x[k] + a2 x[k-1] (+ offset and trend per probe) with complex roots
-                predicts >= `min_coherence` of their detrended variance; and the probe it fits
-                best, linearly detrended, crosses zero >= `min_crossings` times. A sampled sinusoid
-                obeys x[k+1] = 2 cos(w dt) x[k] - x[k-1] exactly, noise does not;
+* oscillating - the residual falls by less, the probes move coherently: one linear recurrence
+                x[k+1] = a1 x[k] + ... + a_order x[k-order+1] (+ offset and trend per probe),
+                shared by all probes, predicts >= `min_coherence` of their detrended variance;
+                and the probe it fits best, linearly detrended, crosses zero >= `min_crossings`
+                times. A sampled sinusoid obeys x[k+1] = 2 cos(w dt) x[k] - x[k-1] exactly, a
+                cycle with its first harmonic a 4-term recurrence; noise obeys none;
 * noise_floor - the residual falls by less than `slow_decay` and the probes move incoherently
                 (coherence < `min_coherence`): thermal or read noise keeps the force from vanishing.
 
-A floored residual with coherent motion that is no sustained rotation counts as 'slow', not as
-noise: a creep slower than `slow_decay` (checked every tau, a mode at Re = -0.01 / tau falls 0.004
-decades / check, and ||z|| turning under it can even make the residual rise). A barely damped
-focus (Re mu just below 0) circles like a limit cycle within the window and counts as
-'oscillating': it will not settle in time either; the explanation prints its decay.
+Coherent motion with too few crossings counts as 'slow', not as noise: a creep slower than
+`slow_decay` (checked every tau, a mode at Re = -0.01 / tau falls 0.004 decades / check, and ||z||
+turning under it can even make the residual rise), or a cycle longer than window / 2 checks. A
+barely damped focus (Re mu just below 0) circles like a limit cycle within the window and counts
+as 'oscillating': it will not settle in time either; the explanation prints its decay.
 
-Measured (16-check window, the systems of tests/test_monitor.py): coherence 1.00 on clean Hopf
-cycles; on 880 noise-floor runs (8 or 32 nodes, checks 0.1-3 relaxation times apart) median 0.15,
-99th percentile 0.62, max 0.77, none called oscillating; on a cycle of radius 0.71 with thermal
-noise of stationary spread 0.05 / 0.1 / 0.15 per node, 95% / 50% / 8% of runs called oscillating.
-The lag-1 autocorrelation, the obvious alternative, cannot separate the two: a cycle at the 4-7
-checks per period that 4 crossings in 16 checks imply has cos(2 pi / 4..7) = 0.0..0.6, noise
-floors spread over -0.7..+0.8.
+Measured with the defaults (the systems of tests/test_monitor.py, and the attention block of
+tests/test_circuit.py with a rotation of gain 4 or 8 as W_o, checked every 0.7-2 tau):
+coherence >= 0.93 on the block's limit cycles (1st percentile over windows), 1.00 on clean Hopf
+normal forms; on 880 noise floors (8 or 32 nodes, checks 0.1-3 relaxation times apart) median
+0.20, 99th percentile 0.48, max 0.63, none called oscillating. A Hopf cycle of radius 0.71 under
+thermal noise of stationary spread 0.05 / 0.1 / 0.15 per node is called oscillating in 100% /
+87% / 23% of runs. The simplest form of the test, a 2-term recurrence on 2 probes, overlaps:
+block cycles down to 0.70, noise up to 0.67. The lag-1 autocorrelation overlaps worse: a cycle at
+the 4-7 checks per period that 4 crossings in 16 checks imply has cos(2 pi / 4..7) = 0.0..0.6,
+noise floors spread over -0.8..+0.8.
 
-The fit assumes roughly uniform check spacing and a near-sinusoidal cycle (true near the Hopf
-onset); crossing times, hence the period, use the actual check times. The window must span
->= min_crossings / 2 periods: widen it for slow cycles.
+The fit assumes roughly uniform check spacing; crossing times, hence the period, use the actual
+check times. The period comes from the probe with the longest one among those that see the cycle:
+a cycle whose harmonic outweighs its fundamental in every probe reads half its period. The window must span >= min_crossings / 2 periods: widen it for slow cycles. Probes
+cost probes x numel x 8 bytes on the state's device.
 """
 from __future__ import annotations
 
@@ -65,20 +70,29 @@ class MonitorConfig:
     lambda dt / ln 10."""
     min_crossings: int = 4
     """Zero crossings (count) of the best-fitting detrended probe within the window that, with a
-    floored residual and a coherent rotation, indicate oscillation; 4 = two periods."""
+    floored residual and coherent motion, indicate oscillation; 4 = two periods."""
     min_coherence: float = 0.8
-    """Fraction (0..1) of the probes' detrended variance that the shared 2-term recurrence must
-    predict one check ahead to count as coherent motion (measured: 1.00 on clean limit cycles,
-    at most 0.77 over 880 noise floors; see the module docstring)."""
+    """Fraction (0..1) of the probes' detrended variance that the shared recurrence must predict
+    one check ahead to count as coherent motion (measured >= 0.93 on limit cycles, <= 0.63 on
+    noise floors; see the module docstring)."""
+    probes: int = 8
+    """Random unit directions (count) the state is projected on at each check. Pooling them keeps
+    the fit from explaining noise (max coherence on noise 0.79 with 2 probes, 0.56 with 8, at
+    order 4) and leaves no cycle hidden from all of them."""
+    order: int = 4
+    """Past checks (count) the shared recurrence uses: a sum of q sinusoids needs 2q, so 4 fits a
+    cycle's fundamental and first harmonic (order 2 lets the block's cycles fall to 0.84)."""
 
     def __post_init__(self):
         check(math.isfinite(self.threshold) and self.threshold > 0, "threshold", self.threshold, "must be > 0")
         check(isinstance(self.min_crossings, int) and self.min_crossings >= 2, "min_crossings",
               self.min_crossings, "must be an integer >= 2", "a period needs two crossings")
-        # The recurrence fit needs more equations (window - 2) than unknowns (2), with room to spare.
-        need = max(6, self.min_crossings + 2)
+        check(isinstance(self.order, int) and self.order >= 1, "order", self.order, "must be an integer >= 1")
+        check(isinstance(self.probes, int) and self.probes >= 1, "probes", self.probes, "must be an integer >= 1")
+        # Each probe adds window - order equations for 2 offset/trend unknowns: keep >= 4 spare.
+        need = max(self.min_crossings + 2, self.order + 6)
         check(isinstance(self.window, int) and self.window >= need, "window", self.window,
-              f"must be an integer >= {need}", f"the recurrence fit and {self.min_crossings} crossings need it")
+              f"must be an integer >= {need}", f"min_crossings={self.min_crossings} and order={self.order} need it")
         check(math.isfinite(self.slow_decay) and self.slow_decay > 0, "slow_decay", self.slow_decay,
               "must be > 0 (decades per check)")
         check(0 < self.min_coherence < 1, "min_coherence", self.min_coherence, "must be in (0, 1)")
@@ -98,18 +112,17 @@ class Diagnosis:
     """Median residual over the window."""
     decay: float
     """Least-squares decay of log10(residual) per check over the window (negative: rising)."""
-    crossings: tuple[int, ...] = ()
-    """Zero crossings of each detrended probe projection."""
     coherence: float = 0.0
-    """Fraction (0..1) of the probes' detrended variance that one shared 2-term recurrence predicts."""
-    rotating: bool = False
-    """That recurrence has complex roots: a rotation, not a decay or a random walk."""
+    """Fraction (0..1) of the probes' detrended variance the shared recurrence predicts."""
     probe: int = 0
-    """The probe the recurrence fits best: its crossings and period count."""
+    """The probe reported: of those the recurrence fits on their own (>= min_coherence) and that
+    cross zero >= min_crossings times, the one with the longest period."""
+    crossings: int = 0
+    """Zero crossings of that probe, linearly detrended over the window."""
     period: float | None = None
-    """Seconds, from that probe's interpolated crossing times (None with < 2 crossings)."""
-    lag1: tuple[float, ...] = ()
-    """Lag-1 autocorrelation of each detrended probe: reported for comparison, not a criterion."""
+    """Seconds, from that probe's interpolated crossing times (None unless oscillating)."""
+    lag1: float = math.nan
+    """Lag-1 autocorrelation of that probe: reported for comparison, not a criterion."""
 
 
 def _detrend(t: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -122,29 +135,29 @@ def _crossings(t: np.ndarray, x: np.ndarray) -> np.ndarray:
     return t[k] - x[k] * (t[k + 1] - t[k]) / (x[k + 1] - x[k])
 
 
-def _recurrence(proj: np.ndarray, detrended: np.ndarray) -> tuple[float, bool, np.ndarray]:
-    """Fit x[k+1] = a1 x[k] + a2 x[k-1] + c_p + d_p k, (a1, a2) shared by all probes p.
+def _recurrence(proj: np.ndarray, order: int) -> np.ndarray:
+    """Coherence of each probe under x[k+1] = sum_i a_i x[k-i] + c_p + d_p k, a shared by all.
 
-    Per-probe offset and trend terms make sinusoid + linear drift an exact fit, where fitting the
+    Per-probe offset and trend terms make sinusoid + linear drift an exact fit, where fitting a
     detrended signal leaves the detrending error (measured coherence 0.92 instead of 1.00 at 4
-    checks per period); sharing (a1, a2) asks both probes for one frequency and halves what the fit
-    can explain in noise. Returns (coherence, complex roots, coherence of each probe).
+    checks per period); sharing a asks every probe for the same frequencies, so the fit explains
+    little of independent noise. Coherence = 1 - misfit / spread about a straight line.
     """
     n, m = proj.shape
-    k = np.arange(n - 2) / n
+    k = np.arange(n - order) / n
     rows, ys = [], []
     for p in range(m):
         x = proj[:, p]
-        extra = np.zeros((n - 2, 2 * m))
-        extra[:, 2 * p], extra[:, 2 * p + 1] = 1.0, k
-        rows.append(np.concatenate([np.stack([x[1:-1], x[:-2]], 1), extra], 1))
-        ys.append(x[2:])
+        own = np.zeros((n - order, 2 * m))
+        own[:, 2 * p], own[:, 2 * p + 1] = 1.0, k
+        lags = np.stack([x[order - 1 - i:n - 1 - i] for i in range(order)], 1)
+        rows.append(np.concatenate([lags, own], 1))
+        ys.append(x[order:])
     X, y = np.concatenate(rows), np.concatenate(ys)
     a, *_ = np.linalg.lstsq(X, y, rcond=None)
-    miss = ((y - X @ a) ** 2).reshape(m, n - 2).sum(1)
-    spread = np.array([(_detrend(np.arange(n - 2.0), d[2:]) ** 2).sum() for d in detrended.T])
-    each = np.where(spread > 0, 1.0 - miss / np.where(spread > 0, spread, 1.0), 0.0).clip(0.0)
-    return max(0.0, 1.0 - float(miss.sum() / spread.sum())), bool(a[0] ** 2 + 4 * a[1] < 0), each
+    miss = ((y - X @ a) ** 2).reshape(m, n - order).sum(1)
+    spread = np.array([(_detrend(k, x[order:]) ** 2).sum() for x in proj.T])
+    return miss, spread
 
 
 class SettleMonitor:
@@ -159,7 +172,7 @@ class SettleMonitor:
         self.probe_seed = probe_seed
         self.history: list[tuple[float, float]] = []
         """(t seconds, residual) per check."""
-        self._proj: list[tuple[float, float]] = []
+        self._proj: list[list[float]] = []
         self._probes: torch.Tensor | None = None
 
     def reset(self) -> None:
@@ -177,17 +190,15 @@ class SettleMonitor:
               "check times must be finite and increasing", "call reset() between relaxations")
         z = z.detach().reshape(-1)
         if self._probes is None:
-            # Seeded on the CPU so the directions do not depend on the device; two of them so a
-            # cycle orthogonal to one is still seen by the other.
+            # Seeded on the CPU so the directions do not depend on the device.
             g = torch.Generator().manual_seed(self.probe_seed)
-            p = torch.randn(2, z.numel(), generator=g, dtype=torch.float64)
+            p = torch.randn(self.config.probes, z.numel(), generator=g, dtype=torch.float64)
             self._probes = (p / p.norm(dim=1, keepdim=True)).to(z.device)
         check(z.numel() == self._probes.shape[1], "z", tuple(z.shape),
               f"state size changed from {self._probes.shape[1]} elements", "call reset() between relaxations")
         # float64: the cycle can be a 1e-4 ripple on an O(1) operating point.
-        p1, p2 = (self._probes @ z.to(torch.float64)).tolist()
+        self._proj.append((self._probes @ z.to(torch.float64)).tolist())
         self.history.append((t, residual))
-        self._proj.append((p1, p2))
 
     @property
     def settled(self) -> bool:
@@ -209,31 +220,41 @@ class SettleMonitor:
             return Diagnosis("slow", n, last, floor, decay)
         raw = np.array(self._proj[-n:])
         proj = raw - raw.mean(0)
-        detrended = np.stack([_detrend(t, x) for x in proj.T], 1)
         # One common scale keeps the probes' relative weight (a probe nearly orthogonal to the cycle
         # adds little) and conditions the fit. Motion at round-off level is no motion.
-        scale = float(np.abs(detrended).max())
+        scale = float(np.abs(np.stack([_detrend(t, x) for x in proj.T], 1)).max())
         if not scale > 1e-12 * max(float(np.abs(raw).max()), 1e-300):
-            return Diagnosis("noise_floor", n, last, floor, decay, (0,) * proj.shape[1])
-        proj, detrended = proj / scale, detrended / scale
-        times = [_crossings(t, x) for x in detrended.T]
-        coherence, rotating, each = _recurrence(proj, detrended)
-        lag1 = tuple(float(x[1:] @ x[:-1] / (x @ x)) if x @ x > 0 else 0.0 for x in detrended.T)
-        # Crossings and period from the probe the cycle dominates: a probe nearly orthogonal to the
-        # cycle crosses zero on its noise (measured: 8 crossings, period off by 21%).
-        best = int(np.argmax(each))
-        c = times[best]
-        period = 2 * float(c[-1] - c[0]) / (len(c) - 1) if len(c) >= 2 else None
-        crossings = tuple(len(c) for c in times)
-        if len(c) >= cfg.min_crossings and rotating and coherence >= cfg.min_coherence:
-            verdict = "oscillating"
-        elif coherence >= cfg.min_coherence:
-            # Smooth deterministic motion that is no sustained rotation: a creep (or a slow drift)
-            # whose residual falls less than slow_decay, possibly modulated by ||z||; not noise.
-            verdict = "slow"
+            return Diagnosis("noise_floor", n, last, floor, decay)
+        proj = proj / scale
+        miss, spread = _recurrence(proj, cfg.order)
+        coherence = max(0.0, 1.0 - float(miss.sum() / spread.sum()))
+        # Crossings and period from the probes that see the cycle cleanly (their own coherence):
+        # a probe nearly orthogonal to the cycle crosses zero on its noise (measured: 8 crossings,
+        # period off by 21%). Of those, the group near the longest period, their median: a probe
+        # dominated by the cycle's harmonic crosses twice as often (measured: periods 50% short),
+        # while the longest alone is biased up (3% instead of 1% on a clean cycle).
+        own = 1.0 - miss / np.maximum(spread, 1e-300)
+        seeing = np.nonzero(own >= cfg.min_coherence)[0] if coherence >= cfg.min_coherence else []
+        seeing = [int(p) for p in seeing] or [int(np.argmax(spread - miss))]
+        times = {p: _crossings(t, _detrend(t, proj[:, p])) for p in seeing}
+        periods = {p: 2 * float(c[-1] - c[0]) / (len(c) - 1) for p, c in times.items()
+                   if len(c) >= max(2, cfg.min_crossings)}
+        if periods:
+            group = sorted((v, p) for p, v in periods.items() if v >= 0.75 * max(periods.values()))
+            period, best = group[len(group) // 2]
         else:
+            period, best = None, max(seeing, key=lambda p: len(times[p]))
+        c = times[best]
+        x = _detrend(t, proj[:, best])
+        lag1 = float(x[1:] @ x[:-1] / (x @ x))
+        if coherence < cfg.min_coherence:
             verdict = "noise_floor"
-        return Diagnosis(verdict, n, last, floor, decay, crossings, coherence, rotating, best, period, lag1)
+        elif periods:
+            verdict = "oscillating"
+        else:
+            verdict = "slow"  # smooth deterministic motion without repeated crossings: a creep
+        return Diagnosis(verdict, n, last, floor, decay, coherence, best, len(c),
+                         period if verdict == "oscillating" else None, lag1)
 
     def verdict(self) -> str:
         """'settled' | 'slow' | 'oscillating' | 'noise_floor' | 'running' (too few checks to tell)."""
@@ -255,16 +276,16 @@ class SettleMonitor:
         if d.verdict == "slow":
             how = "creeping down" if d.decay > 0 else "not falling"
             return (f"slow: residual {d.residual:.1e} {how} ({trend}, slow_decay {cfg.slow_decay}) over the last "
-                    f"{d.checks} checks, the state drifting smoothly (coherence {d.coherence:.2f}, "
-                    f"{d.crossings[d.probe]} crossings): a slow mode, not noise")
+                    f"{d.checks} checks, the state moving smoothly (coherence {d.coherence:.2f}) with only "
+                    f"{d.crossings} zero crossings: a slow mode, or a cycle longer than the window")
         if d.verdict == "oscillating":
             return (f"oscillating: residual floored at {d.floor:.1e} over the last {d.checks} checks ({trend}) "
-                    f"with {d.crossings[d.probe]} zero crossings of the probe projection "
+                    f"with {d.crossings} zero crossings of the probe projection "
                     f"(period ~ {d.period:.1e} s, coherence {d.coherence:.2f}): a limit cycle, not a fixed point; "
                     f"EP is invalid here")
-        if not d.lag1:
+        if math.isnan(d.lag1):
             return (f"noise_floor: residual floored at {d.floor:.1e} over the last {d.checks} checks but the "
                     f"state does not move: a force held off by a limit (a clipped rail?)")
         return (f"noise_floor: residual floored at {d.floor:.1e} over the last {d.checks} checks ({trend}); "
-                f"probe motion incoherent (coherence {d.coherence:.2f}, {d.crossings[d.probe]} crossings): "
-                f"noise keeps the force from vanishing")
+                f"probe motion incoherent (coherence {d.coherence:.2f} < {cfg.min_coherence}, "
+                f"{d.crossings} crossings): noise keeps the force from vanishing")

@@ -108,6 +108,7 @@ class AnalogChip:
         self.reports: dict[str, ProgramReport] = {}
         self._G: dict[str, torch.Tensor] = {}
         self._shared: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._GT: dict[str, torch.Tensor] = {}  # transposed conductances for column reads
         gen = torch.Generator().manual_seed(config.seed)
         for name in self._selected(model, config):
             W = model.get_parameter(name).detach().float()
@@ -151,7 +152,10 @@ class AnalogChip:
         for name, arr in self.arrays.items():
             G = effective_conductances(arr.read_tiles(), self.config.periphery, self.gains[name],
                                        self.w_min, self.w_max)
+            if arr.grid == (1, 1):  # one tile: its zero padding only costs time in every product
+                G = G[:, :, : arr.shape[0], : arr.shape[1]].contiguous()
             self._G[name] = G
+            self._GT.pop(name, None)
             self._shared.clear()  # fused views are rebuilt from the fresh reads on first use
             p = self.model.get_parameter(name)
             p.copy_(arr.assemble(G).to(p.dtype))
@@ -176,6 +180,8 @@ class AnalogChip:
         for n, a in zip(names, arrays):
             R, C, tr, tc = self._G[n].shape  # (R, C, tr, tc) -> (R, tr, C*tc) -> crop the padding
             flats.append(self._G[n].permute(0, 2, 1, 3).reshape(R, tr, C * tc)[..., : a.shape[1]])
+        tr = min(f.shape[1] for f in flats)  # single-tile arrays are stored without row padding
+        flats = [f[:, :tr] for f in flats]
         G = torch.cat(flats, dim=-1).unsqueeze(1)  # one wide column tile: (R, 1, tr, sum of outputs)
         scale = torch.cat([torch.full((a.shape[1],), a.scale) for a in arrays])
         self._shared[names] = (G, scale)
@@ -184,8 +190,10 @@ class AnalogChip:
     def matmul(self, name: str, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         """x @ W (or x @ W^T, a read through the columns) on the crossbar, with its periphery."""
         arr, G = self.arrays[name], self._G[name]
-        if transpose:
-            G = G.permute(1, 0, 3, 2)  # swap the roles of rows and columns, tile by tile
+        if transpose:  # swap the roles of rows and columns, tile by tile (cached until the next read)
+            G = self._GT.get(name)
+            if G is None:
+                G = self._GT[name] = self._G[name].permute(1, 0, 3, 2).contiguous()
         out = arr.shape[0] if transpose else arr.shape[1]
         return analog_matmul(x, G.to(x.dtype), arr.scale, self.config.periphery, out, self.noise)
 

@@ -115,3 +115,22 @@ class AnalogTwin(DigitalTwin):
         self.constraints.apply()
         self.scheduler.step()
         return norm
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The digital state plus what the tiles hold (conductances in model units).
+
+        Device-to-device variation is rebuilt from the chip seed; the cycle-to-cycle noise of the
+        pulses after a resume is a fresh draw (aihwkit keeps its device RNG internal).
+        """
+        state = super().state_dict()
+        state["tiles"] = {n: a.read() for n, a in self.chip.arrays.items()}
+        state["pulses"] = self.chip.pulses
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        for name, weights in state["tiles"].items():
+            self.chip.arrays[name].set(weights)
+        self.chip.refresh()
+

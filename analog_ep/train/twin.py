@@ -23,6 +23,7 @@ from analog_ep.train.stabilizers import (AbortFuse, JacobianController, Stabiliz
                                          residual_penalty, resreg_fraction)
 
 GRADIENTS = ("ep", "bptt", "adjoint")
+TWINS = ("analog", "digital", "bptt")
 
 
 @dataclass
@@ -35,8 +36,12 @@ class TrainConfig:
     """Sequences (or samples) per step."""
     gradient: str = "ep"
     """Gradient of the digital twin: 'ep', 'bptt' or 'adjoint'."""
-    bptt_twin: bool = False
-    """Also train a BPTT twin from the same initial weights on the same batches."""
+    twins: tuple[str, ...] = ("analog", "digital")
+    """Twins trained side by side from the same initial weights on the same batches: 'analog'
+    (the chip), 'digital' (ideal weights, exact relaxation, EP), 'bptt' (digital, BPTT)."""
+    update_cos: bool = False
+    """Also record, each step, the cosine between the analog twin's update and the digital EP
+    gradient at the analog weights (one extra digital EP evaluation per step)."""
     eval_every: int = 50
     """Steps between validation evaluations (the last step is always evaluated)."""
     eval_batches: int = 4
@@ -52,6 +57,11 @@ class TrainConfig:
         for key in ("steps", "batch_size", "eval_every", "eval_batches"):
             check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         check(0 <= self.ema < 1, "ema", self.ema, "must be in [0, 1)")
+        self.twins = tuple(self.twins)
+        for name in self.twins:
+            check(name in TWINS, "twins", list(self.twins), f"unknown twin {name!r}", f"use some of {', '.join(TWINS)}")
+        check(len(set(self.twins)) == len(self.twins) and self.twins, "twins", list(self.twins),
+              "must name each twin at most once, and at least one")
 
 
 @dataclass

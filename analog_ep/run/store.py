@@ -1,0 +1,81 @@
+"""The run directory: config.yaml, run.h5, curves.png and the resumable state.
+
+run.h5 (format version 1):
+    /                  attrs: config (the resolved YAML text), version, steps_done
+    /twins/<name>/     one group per twin: analog, digital, bptt
+        train/step, train/loss      every step
+        val/step, val/loss          every evaluation (same validation batches for every twin)
+        residual                    free-phase residual, every step
+        settle_time, energy         analog twin: physical settle time (s) and energy (J) per step
+        update_cos                  analog twin, when enabled: cos(analog update, digital EP gradient
+                                    at the analog weights) per step
+        pulses                      analog twin: pulses written per step
+    /pulses            the analog twin's pulse ledger (see analog_ep.hardware.ledger)
+
+Every file is written to a temporary name and moved into place, so a crash never leaves a
+half-written run.h5, state or plot behind, and earlier results are kept.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from analog_ep.hardware.ledger import PulseLedger
+
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then move tmp_path onto path."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class History:
+    """Per-twin series of a run, kept in memory and written whole to run.h5."""
+
+    def __init__(self, twins):
+        self.series: dict[str, dict[str, list]] = {name: {} for name in twins}
+
+    def add(self, twin: str, key: str, value) -> None:
+        self.series[twin].setdefault(key, []).append(value)
+
+    def last(self, twin: str, key: str, default=None):
+        values = self.series[twin].get(key)
+        return values[-1] if values else default
+
+    def state_dict(self) -> dict:
+        return self.series
+
+    def load_state_dict(self, state: dict) -> None:
+        self.series = state
+
+
+def write_h5(path: Path, config_text: str, history: History, ledger: PulseLedger | None, steps_done: int) -> None:
+    def write(tmp):
+        with h5py.File(tmp, "w") as f:
+            f.attrs["config"] = config_text
+            f.attrs["version"] = FORMAT_VERSION
+            f.attrs["steps_done"] = steps_done
+            for twin, series in history.series.items():
+                group = f.create_group(f"twins/{twin}")
+                for key, values in series.items():
+                    dtype = np.int64 if key.endswith("step") or key == "pulses" else np.float64
+                    group.create_dataset(key.replace(".", "/"), data=np.asarray(values, dtype=dtype))
+            if ledger is not None:
+                ledger.to_hdf5(f.create_group("pulses"))
+
+    atomic_write(path, write)
+
+
+def save_state(path: Path, state: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))

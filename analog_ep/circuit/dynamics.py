@@ -234,6 +234,6 @@ def _loop(term: CircuitTerm, state: CircuitState, duration: float):
     cfg = term.config
     passes = max(1, round(duration / cfg.pass_time))
     z = state.z
-    for _ in range(passes):
-        z = term._rails(z + cfg.loop_eps * term.evaluate(z))
+    for _ in range(passes):  # the same fused update as the digital Euler relaxation
+        z = term._rails(z.add(term.evaluate(z), alpha=cfg.loop_eps))
     return CircuitState(z, None, state.t + passes * cfg.pass_time), IntegrationStats(passes, 0, cfg.pass_time)

@@ -22,7 +22,7 @@ import torch
 from analog_ep.circuit.dynamics import CircuitConfig, CircuitState, CircuitTerm, integrate
 from analog_ep.circuit.monitor import MonitorConfig, SettleMonitor
 from analog_ep.errors import check
-from analog_ep.estimator.ep import EPConfig, NudgePoints, _Correction, vector_field_gradient
+from analog_ep.estimator.ep import EPConfig, NudgePoints, _Correction, clip_correction, vector_field_gradient
 from analog_ep.model.base import EquilibriumModel
 
 #: The monitor's residual is ||RESIDUAL_EPS * tau dz/dt|| / ||z||, numerically the digital
@@ -52,6 +52,10 @@ class SettleConfig:
     """Samples averaged per measurement (lock-in window; 1: a single snapshot)."""
     lockin_interval: float = 1e-9
     """Seconds between lock-in samples (the circuit keeps running in between)."""
+    nudge_per_token: bool = True
+    """Nudge every output node with the gradient of its own token's loss (beta per token, node
+    displacements an ADC can resolve). False: the digital estimator's batch-mean nudge, for
+    ideal reference circuits that must reproduce the digital twin."""
     stop_on_floor: bool = True
     """End a monitored settle once the monitor has diagnosed the same noise floor or limit cycle
     for a whole window of checks (waiting longer changes nothing); False waits for the threshold
@@ -173,17 +177,17 @@ def circuit_ep_gradient(model: EquilibriumModel, x: torch.Tensor, y: torch.Tenso
         aep = ep.aep != "none" and model.nc_force(s_free[:1], x_in[:1]) is not None
         corr = _Correction(model, x_in, s_free, P) if aep else None  # digital co-processor, frozen
 
-        tokens = y.numel()
+        # Per token: each output node gets its own error current (a batch-mean nudge moves the
+        # nodes ~tokens x less, far below an ADC's LSB); the contrast is rescaled below.
+        tokens = y.numel() if settle_config.nudge_per_token else 1
 
         def nudged_force(z):
-            # Each output node gets its own error current: the per-token loss, not the batch mean
-            # (which would move the nodes ~tokens x less, far below an ADC's LSB).
             g = model.loss_grad(z, y_rep) * (P * tokens)
             if ep.nudge_clip > 0:
                 g = g.clamp(-ep.nudge_clip, ep.nudge_clip)
             f = model.force(z, x_rep) - beta * g
-            if corr is not None:
-                f = f - corr(z - s_rep)
+            if corr is not None:  # clipped per nudge point, as in the digital estimator
+                f = f - clip_correction(corr(z - s_rep), f, P, ep.aep_clip)
             return f
 
         nudge_term = CircuitTerm(nudged_force, circuit)

@@ -155,6 +155,15 @@ def _per_point_norm(t: torch.Tensor, points: int) -> torch.Tensor:
     return norm.view(points, *([1] * (t.ndim - 1)))  # broadcast over each point's block
 
 
+def clip_correction(corr: torch.Tensor, force: torch.Tensor, points: int, ratio: float) -> torch.Tensor:
+    """Scale each nudge point's correction down to at most `ratio` x the norm of its force (0: off)."""
+    if ratio <= 0:
+        return corr
+    cn, fn = _per_point_norm(corr, points), ratio * _per_point_norm(force, points) + 1e-8
+    scale = torch.where(cn > fn, fn / cn, torch.ones_like(cn))
+    return (corr.reshape(points, -1) * scale.reshape(points, 1)).reshape(corr.shape)
+
+
 class _Correction:
     """AEP correction for a stack of P points, real-linear in v (complex v is split into re/im)."""
 
@@ -224,11 +233,7 @@ def _nudge(model, x_in, y, z_star, cfg: EPConfig, points: NudgePoints, aep: str)
                     corr_op = _Correction(model, x_in, points.common_mode(z, z_star), slots)
                 corr = corr_op(z - z_lin)
                 products += 2 * slots
-                if cfg.aep_clip:
-                    cn, fn = _per_point_norm(corr, P), cfg.aep_clip * _per_point_norm(f, P) + 1e-8
-                    scale = torch.where(cn > fn, fn / cn, torch.ones_like(cn))
-                    corr = (corr.reshape(P, -1) * scale.reshape(P, 1)).reshape(corr.shape)
-                f = f - corr
+                f = f - clip_correction(corr, f, P, cfg.aep_clip)
             z = z + cfg.eps * f
             if cfg.select_cap and (t % cfg.select_every == 0 or t == horizon):
                 a = points.contrast(z, z_star)

@@ -60,7 +60,10 @@ class AnalogTwin(DigitalTwin):
         res = result.free.residual
         skipped = self.stab.gate > 0 and res > self.stab.gate
         grads = {} if skipped else result.grads
-        self.fuse.update(res, step)
+        with torch.no_grad():
+            x_in = self.model.drive(x)
+        # The stabilisers run on the digital co-processor at the sampled free state.
+        lam = self.stabilize(grads, x_in, result.free.sample, result.free.sample, res, skipped, step)
         norm = self._apply(grads)
         cost = StepCost()
         g_total = self.chip.total_conductance(self.energy_config.g_max)
@@ -72,7 +75,7 @@ class AnalogTwin(DigitalTwin):
         write_cost(cost, self.energy_config, self.chip.last_pulses, self.chip.last_rounds)
         self.last_cost = cost
         evals = result.free.force_evals + result.nudged.force_evals * points
-        return StepRecord(result.loss, res, evals, norm, 0.0, skipped, cost.settle_s, cost.energy_j,
+        return StepRecord(result.loss, res, evals, norm, lam, skipped, cost.settle_s, cost.energy_j,
                           result.free.verdict, self.chip.last_pulses)
 
     @torch.no_grad()

@@ -112,14 +112,13 @@ class DigitalTwin:
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> StepRecord:
-        model, stab = self.model, self.stab
+        model = self.model
         self.current_step = step
         with torch.no_grad():
             x_in = model.drive(x)
             free = relax(lambda z: model.force(z, x_in), model.initial_state(x_in), self.relax_config)
             loss = float(model.loss(free.z_budget, y))
-        lam = self.controller.weight if stab.jacreg > 0 else 0.0
-        skipped = stab.gate > 0 and free.residual_final > stab.gate
+        skipped = self.stab.gate > 0 and free.residual_final > self.stab.gate
         grads: dict[str, torch.Tensor] = {}
         evals = free.force_evals
         if not skipped:
@@ -132,20 +131,31 @@ class DigitalTwin:
                 evals += self.relax_config.steps
             else:
                 grads = adjoint_gradient(model, x, y, free.z, strict=False).grads
-            fraction = resreg_fraction(stab, free.residual)
+        lam = self.stabilize(grads, x_in, free.z, free.z_budget, free.residual, skipped, step)
+        norm = self._apply(grads)
+        return StepRecord(loss, free.residual, evals, norm, lam, skipped)
+
+    def stabilize(self, grads: dict[str, torch.Tensor], x_in: torch.Tensor, z: torch.Tensor,
+                  z_budget: torch.Tensor, residual: float, skipped: bool, step: int) -> float:
+        """Add the stabilisers' gradients to `grads` (in place), update the controllers and the
+        abort fuse; returns the jacreg weight used. `z` is the settled state, `z_budget` the state
+        after the T1 budget (what evaluation sees), `residual` its residual."""
+        model, stab = self.model, self.stab
+        lam = self.controller.weight if stab.jacreg > 0 else 0.0
+        if not skipped:
+            fraction = resreg_fraction(stab, residual)
             if fraction > 0:
-                extra = residual_penalty(model, x_in, free.z_budget, self.relax_config.eps)
+                extra = residual_penalty(model, x_in, z_budget, self.relax_config.eps)
                 task, extra_norm = grad_norm(grads), grad_norm(extra)
                 add_scaled(grads, extra, fraction * task / (extra_norm + 1e-20))
             if stab.eigreg > 0:
-                extra, _ = abscissa_penalty(model, x_in, free.z, stab.eigreg, stab.eig_margin, self._eig_cache)
+                extra, _ = abscissa_penalty(model, x_in, z, stab.eigreg, stab.eig_margin, self._eig_cache)
                 add_scaled(grads, extra)
         if lam > 0:
-            add_scaled(grads, jacobian_penalty(model, x_in, free.z, lam, self.generator))
-        self._feedback(free.residual)
-        self.fuse.update(free.residual, step)
-        norm = self._apply(grads)
-        return StepRecord(loss, free.residual, evals, norm, lam, skipped)
+            add_scaled(grads, jacobian_penalty(model, x_in, z, lam, self.generator))
+        self._feedback(residual)
+        self.fuse.update(residual, step)
+        return lam
 
     def _feedback(self, residual: float) -> None:
         if self.stab.jacreg > 0:

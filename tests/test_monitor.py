@@ -106,8 +106,8 @@ def test_weakly_contractive_system_is_slow():
         d = mon.diagnose()
         assert not mon.settled and d.decay >= mon.config.slow_decay
         decays.append(d.decay)
-        # Checked every tau it creeps 0.004 decades / check, below slow_decay, yet it is smooth
-        # motion, not noise: still 'slow' (through the coherence test).
+        # Checked every tau it creeps < 0.01 decades / check (||z|| turning can even make the
+        # residual rise), below slow_decay, yet it is smooth motion, not noise: still 'slow'.
         mon = SettleMonitor(MonitorConfig())
         assert relax(F, z0, 1.0, 16, mon, ds=0.1)[-1] == "slow", mon.explain()
         d = mon.diagnose()
@@ -141,8 +141,9 @@ def test_hopf_limit_cycle_oscillates(omega, noise, harmonic):
               f"decay {d.decay:+.4f}, floor {d.floor:.1e}")
     true = 2 * math.pi / omega
     err = np.abs(np.array(periods) / true - 1)
-    print(f"omega {omega}, noise {noise}, harmonic {harmonic}: period {np.round(periods, 3).tolist()} tau vs {true:.3f} "
-          f"(max error {err.max():.1%}); coherence min {min(cohs):.3f} vs {MonitorConfig().min_coherence}")
+    print(f"omega {omega}, noise {noise}, harmonic {harmonic}: period {np.round(periods, 3).tolist()} tau "
+          f"vs {true:.3f} (max error {err.max():.1%}); coherence min {min(cohs):.3f} "
+          f"vs {MonitorConfig().min_coherence}")
     assert err.max() < 0.10
 
 

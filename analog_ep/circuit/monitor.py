@@ -25,20 +25,22 @@ barely damped focus (Re mu just below 0) circles like a limit cycle within the w
 as 'oscillating': it will not settle in time either; the explanation prints its decay.
 
 Measured with the defaults (the systems of tests/test_monitor.py, and the attention block of
-tests/test_circuit.py with a rotation of gain 4 or 8 as W_o, checked every 0.7-2 tau):
-coherence >= 0.93 on the block's limit cycles (1st percentile over windows), 1.00 on clean Hopf
-normal forms; on 880 noise floors (8 or 32 nodes, checks 0.1-3 relaxation times apart) median
-0.20, 99th percentile 0.48, max 0.63, none called oscillating. A Hopf cycle of radius 0.71 under
-thermal noise of stationary spread 0.05 / 0.1 / 0.15 per node is called oscillating in 100% /
-87% / 23% of runs. The simplest form of the test, a 2-term recurrence on 2 probes, overlaps:
-block cycles down to 0.70, noise up to 0.67. The lag-1 autocorrelation overlaps worse: a cycle at
-the 4-7 checks per period that 4 crossings in 16 checks imply has cos(2 pi / 4..7) = 0.0..0.6,
-noise floors spread over -0.8..+0.8.
+tests/test_circuit.py with a rotation of gain 4 or 8 as W_o, checked every 0.7-2 tau): every
+window of the block's limit cycles called oscillating (coherence >= 0.93, period 6.0-6.6 tau);
+clean Hopf normal forms 1.00, with or without a first harmonic; on 880 noise floors (8 or 32
+nodes, checks 0.1-3 relaxation times apart) median 0.20, 99th percentile 0.48, max 0.63, none
+called oscillating. A Hopf cycle of radius 0.71 under thermal noise of stationary spread 0.05 /
+0.1 / 0.15 / 0.2 per node is called oscillating in 100 / 90 / 30 / 3% of runs. The simplest form
+of the test, a 2-term recurrence on 2 probes, overlaps: block cycles down to 0.70, noise up to
+0.67, and a cycle with a harmonic fails. The lag-1 autocorrelation overlaps worse: a cycle at the
+4-7 checks per period that 4 crossings in 16 checks imply has cos(2 pi / 4..7) = 0.0..0.6, noise
+floors spread over -0.8..+0.8.
 
 The fit assumes roughly uniform check spacing; crossing times, hence the period, use the actual
-check times. The period comes from the probe with the longest one among those that see the cycle:
-a cycle whose harmonic outweighs its fundamental in every probe reads half its period. The window must span >= min_crossings / 2 periods: widen it for slow cycles. Probes
-cost probes x numel x 8 bytes on the state's device.
+check times, from the probes that see the cycle, at their longest: a cycle whose harmonic
+outweighs its fundamental in every probe reads half its period. The window must span
+>= min_crossings / 2 periods: widen it for slow cycles. Probes cost probes x numel x 8 bytes on
+the state's device.
 """
 from __future__ import annotations
 
@@ -81,7 +83,8 @@ class MonitorConfig:
     order 4) and leaves no cycle hidden from all of them."""
     order: int = 4
     """Past checks (count) the shared recurrence uses: a sum of q sinusoids needs 2q, so 4 fits a
-    cycle's fundamental and first harmonic (order 2 lets the block's cycles fall to 0.84)."""
+    cycle's fundamental and first harmonic (at order 2 the block's cycles fall to 0.84, and a
+    Hopf cycle with a harmonic to 0.23)."""
 
     def __post_init__(self):
         check(math.isfinite(self.threshold) and self.threshold > 0, "threshold", self.threshold, "must be > 0")
@@ -92,7 +95,7 @@ class MonitorConfig:
         # Each probe adds window - order equations for 2 offset/trend unknowns: keep >= 4 spare.
         need = max(self.min_crossings + 2, self.order + 6)
         check(isinstance(self.window, int) and self.window >= need, "window", self.window,
-              f"must be an integer >= {need}", f"min_crossings={self.min_crossings} and order={self.order} need it")
+              f"must be an integer >= {need}", f"min_crossings={self.min_crossings}, order={self.order} need it")
         check(math.isfinite(self.slow_decay) and self.slow_decay > 0, "slow_decay", self.slow_decay,
               "must be > 0 (decades per check)")
         check(0 < self.min_coherence < 1, "min_coherence", self.min_coherence, "must be in (0, 1)")
@@ -116,7 +119,7 @@ class Diagnosis:
     """Fraction (0..1) of the probes' detrended variance the shared recurrence predicts."""
     probe: int = 0
     """The probe reported: of those the recurrence fits on their own (>= min_coherence) and that
-    cross zero >= min_crossings times, the one with the longest period."""
+    cross zero >= min_crossings times, the median of the ones near the longest period."""
     crossings: int = 0
     """Zero crossings of that probe, linearly detrended over the window."""
     period: float | None = None
@@ -135,13 +138,14 @@ def _crossings(t: np.ndarray, x: np.ndarray) -> np.ndarray:
     return t[k] - x[k] * (t[k + 1] - t[k]) / (x[k + 1] - x[k])
 
 
-def _recurrence(proj: np.ndarray, order: int) -> np.ndarray:
-    """Coherence of each probe under x[k+1] = sum_i a_i x[k-i] + c_p + d_p k, a shared by all.
+def _recurrence(proj: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fit x[k+1] = sum_i a_i x[k-i] + c_p + d_p k, a shared by all probes p.
 
     Per-probe offset and trend terms make sinusoid + linear drift an exact fit, where fitting a
     detrended signal leaves the detrending error (measured coherence 0.92 instead of 1.00 at 4
     checks per period); sharing a asks every probe for the same frequencies, so the fit explains
-    little of independent noise. Coherence = 1 - misfit / spread about a straight line.
+    little of independent noise. Returns each probe's squared misfit and its squared spread about
+    a straight line (coherence = 1 - misfit / spread).
     """
     n, m = proj.shape
     k = np.arange(n - order) / n

@@ -1,0 +1,95 @@
+"""`analog-ep run` end to end on every shipped chip (shortened), and the ideal chip's twins agree."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from analog_ep.cli.main import main
+from analog_ep.config import library
+
+ROOT = Path(__file__).resolve().parents[1]
+CHIPS = sorted(library("chip"))
+SHORT = ["--steps", "2", "--set", "train.eval_every=2", "--set", "train.batch_size=4",
+         "--set", "model.width=16", "--set", "data.context=8", "--set", "train.eval_batches=1", "--quiet"]
+
+
+def test_all_five_chips_ship():
+    assert {"rram_512", "pcm_256", "ecram_256", "optical_128", "ideal"} <= set(CHIPS)
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_run_every_shipped_chip_end_to_end(chip, tmp_path, capsys):
+    out = tmp_path / chip
+    rc = main(["run", str(ROOT / "chips" / f"{chip}.yaml"), *SHORT, "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    print(f"\n{chip}: {summary['val_loss']} in {summary['wall_s']:.1f} s")
+    with h5py.File(out / "run.h5", "r") as f:
+        assert "analog" in f["twins"] and "digital" in f["twins"]
+        a = f["twins/analog"]
+        assert len(a["train/loss"]) == 2 and np.isfinite(a["train/loss"][:]).all()
+        assert (a["settle_time"][:] > 0).all() and (a["energy"][:] >= 0).all()
+    assert (out / "curves.png").is_file() and (out / "state.pt").is_file()
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_validate_every_shipped_chip(chip, capsys):
+    assert main(["validate", str(ROOT / "chips" / f"{chip}.yaml")]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+def test_list(capsys):
+    for kind, expect in (("devices", "reram_sb"), ("circuits", "rc_crossbar"), ("chips", "rram_512")):
+        assert main(["list", kind]) == 0
+        assert expect in capsys.readouterr().out
+
+
+def test_ideal_chip_twins_agree_to_rounding(tmp_path, capsys):
+    out = tmp_path / "ideal"
+    rc = main(["run", str(ROOT / "chips" / "ideal.yaml"), "--steps", "3", "--set", "train.eval_every=3",
+               "--set", "train.batch_size=4", "--set", "model.width=16", "--set", "data.context=8",
+               "--set", "train.eval_batches=1", "--quiet", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    with h5py.File(out / "run.h5", "r") as f:
+        a, d = f["twins/analog/train/loss"][:], f["twins/digital/train/loss"][:]
+        va, vd = f["twins/analog/val/loss"][:], f["twins/digital/val/loss"][:]
+    diff = float(np.abs(a - d).max())
+    print(f"\nideal chip: train losses analog {a} digital {d}, max difference {diff:.2e}; val {va} vs {vd}")
+    # float64 twins; the tiles store conductances in float32, so weights agree to ~1e-7 relative
+    assert diff < 1e-5 and float(np.abs(va - vd).max()) < 1e-5
+
+
+BROKEN = {
+    "unknown device": ("uses: {device: reram_bs, circuit: rc_crossbar}\n", "uses.device", "did you mean 'reram_sb'"),
+    "unknown section key": ("uses: {device: ideal, circuit: euler}\nmodel: {widht: 32}\n", "model.widht",
+                            "did you mean 'width'"),
+    "wrong type": ("uses: {device: ideal, circuit: euler}\ntrain: {steps: many}\n", "train.steps",
+                   "expected an integer"),
+    "out of range": ("uses: {device: ideal, circuit: euler}\nchip: {tile_rows: 0}\n", "chip.tile_rows", "must be"),
+    "bad uses key": ("uses: {devices: ideal}\n", "uses.devices", "did you mean 'device'"),
+    "bad yaml": ("uses: {device: ideal\n", "yaml", "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_chip_files_give_one_line_and_exit_2(case, tmp_path):
+    text, key, phrase = BROKEN[case]
+    chips = tmp_path / "chips"
+    chips.mkdir()
+    for lib in ("devices", "circuits"):
+        (tmp_path / lib).symlink_to(ROOT / lib)
+    bad = chips / "bad.yaml"
+    bad.write_text(text)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "analog_ep.cli.main", "run", str(bad), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    print(f"\n{case}: {proc.stderr.strip()}")
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "bad.yaml" in lines[0] and key in lines[0] and phrase in lines[0]
+    assert not out.exists()  # nothing written for a rejected configuration

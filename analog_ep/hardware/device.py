@@ -70,9 +70,11 @@ class DeviceConfig:
         check(self.model in DEVICES, "model", self.model, "unknown device", _did_you_mean(self.model, DEVICES))
         check(isinstance(self.overrides, dict), "overrides", self.overrides, "must be a mapping of parameters")
         known = {f.name for f in dataclasses.fields(DEVICES[self.model])}
-        for key in self.overrides:
-            check(key in known, f"overrides.{key}", self.overrides[key],
-                  f"not a parameter of {self.model}", _did_you_mean(key, sorted(known)))
+        defaults = DEVICES[self.model]()
+        for key, value in list(self.overrides.items()):
+            check(key in known, f"overrides.{key}", value, f"not a parameter of {self.model}",
+                  _did_you_mean(key, sorted(known)))
+            self.overrides[key] = _typed(key, value, getattr(defaults, key))
 
     def device(self, construction_seed: int):
         """The aihwkit device with overrides and a construction seed (device-to-device draw)."""
@@ -106,6 +108,23 @@ class DeviceConfig:
         cfg.update.update_management = False
         cfg.forward.is_perfect = True  # reads go through our periphery model, not aihwkit's forward
         return cfg
+
+
+def _typed(key: str, value, default):
+    """An override value checked against the type of aihwkit's default for that parameter."""
+    if isinstance(default, bool):
+        check(isinstance(value, bool), f"overrides.{key}", value, "expected true or false")
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1.0e6 without an exponent sign as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        check(isinstance(value, (int, float)) and not isinstance(value, bool), f"overrides.{key}", value,
+              "expected a number")
+        return type(default)(value) if isinstance(default, float) or float(value).is_integer() else value
+    return value
 
 
 def construction_seed(chip_seed: int, array: str, tile: tuple[int, int]) -> int:

@@ -147,7 +147,9 @@ class CircuitEPResult:
     """A circuit EP step: the gradient and what each phase measured."""
 
     grads: dict[str, torch.Tensor]
+    """Parameter name -> gradient estimate from the sampled states."""
     free: Settle
+    """The free phase, settled and sampled."""
     nudged: Settle
     """The stacked nudge phase (all nudge points settle side by side, each on its own copy)."""
     loss: float

@@ -216,7 +216,7 @@ def _resolve(kind: str, name, chip_path: Path) -> Path:
     direct = (chip_path.parent / name)
     if name.endswith((".yaml", ".yml")) and direct.is_file():
         return direct
-    options = library(kind, chip_path.resolve().parent.parent) or library(kind)
+    options = {**library(kind), **library(kind, chip_path.resolve().parent.parent)}  # a project's own first
     if name in options:
         return options[name]
     raise ConfigError(f"uses.{kind}", name, f"no such {kind} file", _suggest(name, options) if options else

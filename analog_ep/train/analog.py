@@ -16,6 +16,7 @@ Norm caps and spectral projections do not apply to held matrices: the devices' b
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 
@@ -116,7 +117,9 @@ class AnalogTwin(DigitalTwin):
             deltas = {n: p.detach() - before[n] for n, p in held.items()}
             self.chip.last_pulses = self.chip.write(deltas, self.current_step)  # refresh() mirrors tiles
         self.constraints.apply()
-        self.scheduler.step()
+        with warnings.catch_warnings():  # sign pulses bypass optimizer.step(), which torch checks for
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            self.scheduler.step()
         return norm
 
     # ---- checkpoints -------------------------------------------------------------------------

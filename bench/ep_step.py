@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from analog_ep.data.text import CharCorpus, TextDataConfig
+from analog_ep.diagnostics.fingerprint import cosine
 from analog_ep.estimator.ep import EPConfig, ep_gradient
 from analog_ep.estimator.exact import bptt_gradient
 from analog_ep.model.transformer import EquilibriumTransformer, TransformerConfig
@@ -44,10 +45,6 @@ SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
 
 def flat(grads: dict[str, torch.Tensor], names) -> torch.Tensor:
     return torch.cat([grads[n].reshape(-1) for n in names])
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a @ b) / (a.norm() * b.norm() + 1e-30))
 
 
 def load_reference(path: str):

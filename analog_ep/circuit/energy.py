@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
 
 from analog_ep.errors import check
 

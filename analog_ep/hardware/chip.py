@@ -23,7 +23,7 @@ import torch
 from aihwkit.simulator.tiles import AnalogTile
 
 from analog_ep.errors import check
-from analog_ep.hardware.device import DeviceConfig, construction_seed
+from analog_ep.hardware.device import DeviceConfig
 from analog_ep.hardware.ledger import PulseLedger
 from analog_ep.hardware.periphery import (NoiseSource, PeripheryConfig, analog_matmul, effective_conductances,
                                           mismatch_gains)

@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import bz2
 import os
-import secrets
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from analog_ep.atomic import atomic_write
 from analog_ep.errors import AnalogEPError, check
 
 FORMAT = "analog-ep pulse ledger"
@@ -115,27 +115,6 @@ def _unpack(data: bytes | memoryview, offset: int, rows: int, cols: int) -> np.n
     up = np.unpackbits(planes[:nb], count=n).view(np.int8)
     down = np.unpackbits(planes[nb:], count=n).view(np.int8)
     return (up - down).reshape(rows, cols)
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Run `write(tmp)` on a temporary file beside `path`, then rename it over `path`.
-
-    os.replace is atomic on POSIX and Windows, so readers see the old file or the complete new
-    one; on any exception the temporary file is removed and `path` is untouched.
-    """
-    if not path.parent.is_dir():
-        raise LedgerError(f"{path}: directory {path.parent} does not exist; create it first")
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    # os.open with 0o666 lets the umask decide the permissions, as for a plain open().
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        write(str(tmp))
-        with open(tmp, "rb+") as f:  # the data must be on disk before the rename makes it visible
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _csv_field(text: str) -> str:
@@ -360,7 +339,7 @@ class PulseLedger:
             def write(tmp):
                 with h5py.File(tmp, "w") as f:
                     self._write_group(f)
-            _atomic_write(Path(target), write)
+            atomic_write(Path(target), write)
         elif isinstance(target, h5py.Group):
             self._write_group(target)
         else:
@@ -503,5 +482,5 @@ class PulseLedger:
                                  zip(rr.tolist(), cc.tolist(), signs[rr, cc].tolist()))
                     total += len(rr)
 
-        _atomic_write(Path(path), write)
+        atomic_write(Path(path), write)
         return total

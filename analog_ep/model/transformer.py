@@ -32,7 +32,6 @@ from analog_ep.model.layers import (
     gelu_tanh,
     layer_norm,
     masked_softmax,
-    matmul,
     rms_norm,
 )
 

@@ -9,7 +9,8 @@ matplotlib.use("Agg")  # files only: no display on a training machine
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from analog_ep.run.store import History, atomic_write  # noqa: E402
+from analog_ep.atomic import atomic_write  # noqa: E402
+from analog_ep.run.store import History  # noqa: E402
 
 COLORS = {"digital": "tab:blue", "analog": "tab:red", "bptt": "tab:green"}
 

@@ -17,27 +17,16 @@ half-written run.h5, state or plot behind, and earlier results are kept.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
+from analog_ep.atomic import atomic_write
 from analog_ep.hardware.ledger import PulseLedger
 
 FORMAT_VERSION = 1
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then move tmp_path onto path."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class History:

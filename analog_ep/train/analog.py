@@ -25,7 +25,7 @@ from analog_ep.circuit.energy import EnergyConfig, StepCost, settle_cost, write_
 from analog_ep.circuit.measure import SettleConfig, circuit_ep_gradient, settle
 from analog_ep.hardware.chip import AnalogChip, ChipConfig
 from analog_ep.model.base import EquilibriumModel
-from analog_ep.train.optim import Lion, clip_gradients
+from analog_ep.train.optim import Lion
 from analog_ep.train.twin import DigitalTwin, StepRecord
 
 
@@ -92,15 +92,9 @@ class AnalogTwin(DigitalTwin):
             total += float(self.model.loss(free.sample, y))
         return total / len(batches)
 
-    def _apply(self, grads: dict[str, torch.Tensor]) -> float:
-        if not grads or not all(bool(torch.isfinite(g).all()) for g in grads.values()):
-            return float("nan") if grads else 0.0
-        named = dict(self.model.named_parameters())
-        self.optimizer.zero_grad(set_to_none=True)
-        for name, g in grads.items():
-            named[name].grad = g.detach().clone()
-        norm = clip_gradients(self.params, self.optim_config.grad_clip)
-        held = {n: p for n, p in named.items() if self.chip.holds(n)}
+    def _update(self) -> None:
+        """Write the loaded gradients' update: the held matrices through the chip, the rest digitally."""
+        held = {n: p for n, p in self.model.named_parameters() if self.chip.holds(n)}
         if isinstance(self.optimizer, Lion) and self.chip.config.write == "sign_pulse":
             updates = self.optimizer.sign_updates()
             on_chip = {n: updates.pop(p) for n, p in held.items() if p in updates}
@@ -120,7 +114,6 @@ class AnalogTwin(DigitalTwin):
         with warnings.catch_warnings():  # sign pulses bypass optimizer.step(), which torch checks for
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
             self.scheduler.step()
-        return norm
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:

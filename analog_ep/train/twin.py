@@ -168,6 +168,7 @@ class DigitalTwin:
                 cfg.damping = max(0.5, cfg.damping * 0.97)
 
     def _apply(self, grads: dict[str, torch.Tensor]) -> float:
+        """Load the gradients, clip them and update; returns the norm before clipping."""
         if not grads or not all(bool(torch.isfinite(g).all()) for g in grads.values()):
             return float("nan") if grads else 0.0  # a non-finite estimate is skipped, not applied
         named = dict(self.model.named_parameters())
@@ -175,12 +176,16 @@ class DigitalTwin:
         for name, g in grads.items():
             named[name].grad = g.detach().clone()
         norm = clip_gradients(self.params, self.optim_config.grad_clip)
+        self._update()
+        return norm
+
+    def _update(self) -> None:
+        """Apply the loaded gradients: the optimizer's step, constraints, schedule, EMA."""
         self.optimizer.step()
         self.constraints.apply()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.params)
-        return norm
 
     # ---- evaluation --------------------------------------------------------------------------
     @torch.no_grad()

@@ -247,6 +247,29 @@ def compose(path: str | Path) -> RunConfig:
 def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig:
     """Defaults <- chip file (with the device and circuit it uses) <- `--set` overrides, resolved."""
     cfg = compose(path) if path is not None else RunConfig()
+    explicit: set[str] = set()
+    if path is not None:  # TEMPORARY (i12-core): the chip file's own keys, not the files it `uses:`
+        explicit |= _dotted({k: v for k, v in read_yaml(path).items() if k != "uses"})
     for text in overrides:
-        cfg = merge(cfg, parse_override(text), "--set")
-    return cfg.resolve()
+        data = parse_override(text)
+        explicit |= _dotted(data)
+        cfg = merge(cfg, data, "--set")
+    cfg = cfg.resolve()
+    object.__setattr__(cfg, "_explicit_keys", frozenset(explicit))
+    return cfg
+
+
+# TEMPORARY (i12-core): a minimal `explicit_keys` until the schema lane (i12-schema) provides the real
+# one; the lead keeps i12-schema's at merge.
+def _dotted(data: dict, prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, value in data.items():
+        out.add(f"{prefix}{key}")
+        if isinstance(value, dict):
+            out |= _dotted(value, f"{prefix}{key}.")
+    return out
+
+
+def explicit_keys(cfg: RunConfig) -> frozenset[str]:
+    """The dotted keys set by the chip file itself or by --set (not defaults, not used files)."""
+    return getattr(cfg, "_explicit_keys", frozenset())

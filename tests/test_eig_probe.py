@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from analog_ep.diagnostics.spectrum import SpectrumConfig, leading_eigenvalues
+from analog_ep.linear import SpectrumConfig, leading_eigenvalues
 from analog_ep.model.transformer import EquilibriumTransformer, TransformerConfig
 from analog_ep.relax.solvers import RelaxConfig, relax
 

@@ -1,8 +1,8 @@
-"""The thick block's closed-form J_nc products agree with autograd's."""
+"""The thick block's closed-form J_nc products agree with autograd's, and pass the dot-product test."""
 import pytest
 import torch
 
-from analog_ep.estimator.linear import JacobianProducts
+from analog_ep.linear import antisymmetric, check_adjoint, linearize
 from analog_ep.model.transformer import EquilibriumTransformer, TransformerConfig
 
 
@@ -15,14 +15,19 @@ def test_closed_form_products_match_autograd(dtype, tol):
     with torch.no_grad():
         x_in = model.drive(x)
     z = x_in + 0.3 * torch.randn(x_in.shape, generator=gen, dtype=dtype)  # off the fixed point too
-    closed, auto = model.linearize_nc(z), JacobianProducts(lambda u: model.nc_force(u, x_in), z)
+    closed = linearize(model, x_in, z, part="nc")
+    auto = linearize(model, x_in, z, part="nc", closed_form=False)
+    assert type(closed).__name__ == "ThickLinearization" and type(auto).__name__ == "JacobianProducts"
     v = torch.randn(z.shape, generator=gen, dtype=dtype)
-    for name in ("jvp", "vjp", "antisymmetric"):
-        a, b = getattr(closed, name)(v), getattr(auto, name)(v)
+    for name, fn in (("jvp", lambda op: op.jvp(v)), ("vjp", lambda op: op.vjp(v)),
+                     ("antisymmetric", lambda op: antisymmetric(op, v))):
+        a, b = fn(closed), fn(auto)
         err = float((a - b).norm() / b.norm())
         print(f"{dtype} {name}: relative difference {err:.2e}")
         assert err < tol, (name, err)
     assert closed.products == 4  # jvp, vjp, and one of each inside antisymmetric
+    lhs, rhs = check_adjoint(closed, z)  # the closed-form J^T is the adjoint of its J
+    assert abs(lhs - rhs) <= 10 * tol * max(abs(lhs), 1.0)
 
 
 def test_closed_form_is_declined_where_it_does_not_apply():

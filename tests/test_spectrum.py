@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from analog_ep.diagnostics.spectrum import Spectrum, SpectrumConfig, leading_eigenvalues
+from analog_ep.linear import Spectrum, SpectrumConfig, leading_eigenvalues
 from analog_ep.errors import ConfigError, ConvergenceError
 
 N = 200

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from analog_ep.diagnostics.spectrum import SpectrumConfig, leading_eigenvalues
+from analog_ep.linear import SpectrumConfig, leading_eigenvalues
 from analog_ep.errors import AnalogEPError, ConfigError
 from analog_ep.estimator.ep import EPConfig
 from analog_ep.model.transformer import EquilibriumTransformer, TransformerConfig

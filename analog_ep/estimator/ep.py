@@ -1,7 +1,7 @@
 """Equilibrium-propagation gradient estimators (vector-field form).
 
 Given the free fixed point z*, nudged relaxations estimate the adjoint state
-    a = -dz*/dbeta  (= lambda solving J^T lambda = -dloss/dz when the AEP correction is on),
+    a = -dz*/dbeta  (= the adjoint state solving J^T a = -dloss/dz when the AEP correction is on),
 and the parameter update is one vector-Jacobian product at the fixed point,
     grad_theta = d/dtheta <a, F(z*; theta)>   (+ the readout's local gradient),
 never backpropagation through the relaxation: memory does not depend on T1 or T2.
@@ -18,10 +18,21 @@ dynamics are real-analytic), so only k = 0..N//2 are integrated and the rest are
 AEP correction (Scurria et al. 2026): corr(z) = J_nc v - J_nc^T v with v = z - z* turns the
 non-conservative part's J into J^T; it is real-linear, so complex states are corrected part by
 part. 'frozen' linearises J_nc once at z*; 'tracking' re-linearises it every step at the common
-mode of the nudge points (v stays the displacement from z*). The correction is clipped to the norm of the nudged force.
+mode of the nudge points (v stays the displacement from z*). The correction is clipped to the norm
+of the nudged force. Its products come from `analog_ep.linear.linearize`, reading the weights the
+caller names (`reads`: the model's parameters, or a chip's effective conductances).
 
-All points are integrated together as one stacked batch (P*B samples), so each step is a single
-call of the force and of the Jacobian products.
+A nudged phase is a phase of `analog_ep.phase`: the term `NudgedTerm` (the force, the nudge and the
+correction) is built here once for every backend; the digital phases integrate it with Euler steps
+of `eps` (fixed T2, or the most settled snapshot under adaptive T2), a circuit with its own node
+dynamics (`analog_ep.circuit.measure`). All points are integrated together as one stacked batch
+(n_points * B samples), so each step is a single call of the force and of the Jacobian products.
+
+The nudge. `nudge_clip` bounds every element of the per-token loss gradient d l_t / d z_t (the
+error current a nudge injects at one output node, per unit beta) in every backend. The digital
+estimator nudges the batch-mean loss, i.e. that gradient divided by the token count, so its clip
+acts at nudge_clip / tokens; a circuit nudges each token's own loss (`SettleConfig.nudge_per_token`)
+and clips at nudge_clip.
 """
 from __future__ import annotations
 
@@ -31,9 +42,10 @@ from dataclasses import dataclass, field
 import torch
 
 from analog_ep.errors import check
-from analog_ep.estimator.linear import JacobianProducts
+from analog_ep.linear import antisymmetric, linearize, weight_leaves
 from analog_ep.model.base import EquilibriumModel
-from analog_ep.relax.solvers import Relaxation, RelaxConfig, relax
+from analog_ep.phase import Fixed, SelectSettled, Term, solve
+from analog_ep.relax.solvers import Euler, Relaxation, RelaxConfig, relax
 
 AEP_MODES = ("none", "frozen", "tracking")
 
@@ -47,26 +59,34 @@ class EPConfig:
     centered: bool = True
     """Centred +-beta nudges (bias O(beta^2)); False: one-sided +beta (bias O(beta))."""
     steps: int = 15
-    """T2: Euler steps of each nudged phase (the cap when `select_cap` > 0 overrides it)."""
+    """T2: Euler steps of each digital nudged phase (the cap when `select_cap` > 0 overrides it). A
+    circuit's nudged phase lasts its settle (`circuit.settle`); set explicitly, steps x eps must be
+    that settle in node time constants (loop: passes), else the run is refused."""
     eps: float = 0.1
-    """Euler step size of the nudged phases."""
+    """Euler step size of the digital nudged phases (time step / node time constant). On a loop
+    circuit, set explicitly, it must equal `circuit.loop_eps`; on an RC circuit see `steps`."""
     aep: str = "frozen"
-    """AEP correction: 'none', 'frozen' (linearised at z*) or 'tracking' (at the moving common mode)."""
+    """AEP correction: 'none', 'frozen' (linearised at z*) or 'tracking' (at the moving common mode;
+    digital phases only: a circuit's co-processor linearises once, at the sampled free state)."""
     aep_clip: float = 1.0
     """Clip the correction's norm to this multiple of the nudged force's norm (0: off). The research
     trainer uses 1; it bounds a bad linearisation but biases long nudges (T2 >> 20) slightly."""
     nudge_clip: float = 2.0
-    """Elementwise clip of dloss/dz in the real nudges (0: off). Holomorphic nudges never clip."""
+    """Elementwise bound on the per-token loss gradient d l_t / d z_t, the error current one output
+    node receives per unit beta (0: off), in every backend (module docstring). Holomorphic nudges
+    never clip. The default does not fire on the shipped chips (max |d l_t / d z_t| measured 0.5)."""
     holomorphic: int = 0
     """N >= 2: holomorphic EP with N points on a circle (0: real one-sided/centred estimator)."""
     radius: float = 0.02
     """Radius r of the holomorphic circle."""
     select_cap: int = 0
-    """Adaptive T2: run up to this many steps and return the most settled snapshot (0: fixed T2)."""
+    """Adaptive T2: run up to this many steps and return the most settled snapshot (0: fixed T2).
+    Digital phases only: a circuit's settle monitor is its adaptive T2."""
     select_every: int = 5
     """Adaptive T2: steps between contrast snapshots."""
     restarts: int = 1
-    """K: average the contrast of K independent nudges (reduces hardware noise by sqrt(K))."""
+    """K: average the contrast of K independent nudges (reduces hardware noise by sqrt(K)); on a
+    circuit, K nudged settles from the same free state, each costing its time and energy."""
 
     def __post_init__(self):
         check(self.aep in AEP_MODES, "aep", self.aep, "unknown AEP mode", f"use one of {', '.join(AEP_MODES)}")
@@ -108,9 +128,22 @@ class NudgePoints:
             return NudgePoints([complex(cfg.beta), complex(-cfg.beta)], [1.0, 1.0], 2, cfg.beta)
         return NudgePoints([complex(cfg.beta)], [1.0], 1, cfg.beta)
 
+    @property
+    def count(self) -> int:
+        """Nudge points integrated (the mirrored ones of a holomorphic circle are not)."""
+        return len(self.betas)
+
+    def beta_per_sample(self, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """beta_k broadcast over point k's block of the stacked batch, shaped like `like` (n_points*B, ...)."""
+        n = self.count
+        values = torch.tensor(self.betas, dtype=torch.complex128).to(dtype) if dtype.is_complex else \
+            torch.tensor([b.real for b in self.betas], dtype=dtype)
+        values = values.to(like.device).view(n, *([1] * like.ndim))
+        return values.expand(n, like.shape[0] // n, *like.shape[1:]).reshape(like.shape)
+
     def contrast(self, z: torch.Tensor, z_star: torch.Tensor) -> torch.Tensor:
         """a = -Re[(1/(N r)) sum_k w_k exp(-i phi_k) (z_k - z*)] from the stacked states z."""
-        parts = z.reshape(len(self.betas), *z_star.shape)  # (P*B, ...) -> (P, B, ...)
+        parts = z.reshape(self.count, *z_star.shape)  # (n_points*B, ...) -> (n_points, B, ...)
         a = torch.zeros_like(z_star)
         for zk, beta, w in zip(parts, self.betas, self.weights):
             rot = beta.conjugate() / abs(beta)  # exp(-i phi_k)
@@ -120,7 +153,7 @@ class NudgePoints:
 
     def common_mode(self, z: torch.Tensor, z_star: torch.Tensor) -> torch.Tensor:
         """Mean state over all nudge points (mirrored ones included): real by symmetry."""
-        parts = z.reshape(len(self.betas), *z_star.shape)
+        parts = z.reshape(self.count, *z_star.shape)  # (n_points*B, ...) -> (n_points, B, ...)
         if self.n_circle == 1:  # one-sided: midway between the free and the nudged state
             return 0.5 * (z_star + parts[0].real)
         total = sum(w * zk.real for zk, w in zip(parts, self.weights))
@@ -147,6 +180,8 @@ class Adjoint:
     """Force evaluations of B samples spent in the nudged phases."""
     jacobian_products: int = 0
     """Jacobian-vector and vector-Jacobian products (B samples each) of the AEP correction."""
+    phases: list = field(default_factory=list)
+    """What each restart's nudged phase delivered besides the contrast (a circuit: its `Settle`)."""
 
 
 def _per_point_norm(t: torch.Tensor, points: int) -> torch.Tensor:
@@ -164,105 +199,155 @@ def clip_correction(corr: torch.Tensor, force: torch.Tensor, points: int, ratio:
     return (corr.reshape(points, -1) * scale.reshape(points, 1)).reshape(corr.shape)
 
 
-class _Correction:
-    """AEP correction for a stack of P points, real-linear in v (complex v is split into re/im)."""
+class AEPCorrection:
+    """The AEP correction (J_nc - J_nc^T)(z - z_ref) for a stack of nudge points.
 
-    def __init__(self, model: EquilibriumModel, x_in: torch.Tensor, z_lin: torch.Tensor, slots: int):
-        x_rep = x_in.repeat(slots, *([1] * (x_in.ndim - 1)))
-        z_rep = z_lin.repeat(slots, *([1] * (z_lin.ndim - 1)))
-        closed_form = getattr(model, "linearize_nc", None)  # a model may know its J_nc analytically
-        self.products = (closed_form(z_rep) if closed_form else None) or \
-            JacobianProducts(lambda u: model.nc_force(u, x_rep), z_rep)
+    'frozen' linearises J_nc once at `z_lin`; 'tracking' re-linearises at the common mode of the
+    current stacked state on every call. Real-linear in the displacement: a complex displacement is
+    corrected part by part (two real slots). `reads` names the weights the products read
+    (`analog_ep.linear`). `products` counts J v and J^T v products of B samples.
+    """
 
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+    def __init__(self, model: EquilibriumModel, x_in: torch.Tensor, z_ref: torch.Tensor, z_lin: torch.Tensor,
+                 points: NudgePoints, mode: str, reads: str):
+        self.model, self.x_in, self.points, self.mode, self.reads = model, x_in, points, mode, reads
+        self.slots = points.count * (2 if points.complex else 1)
+        self.z_ref = z_ref.repeat(points.count, *([1] * (z_ref.ndim - 1)))  # (B, ...) -> (n_points*B, ...)
+        self.products = 0
+        self._frozen = self._linearize(z_lin) if mode == "frozen" else None
+
+    def _linearize(self, z_lin: torch.Tensor):
+        stack = lambda t: t.repeat(self.slots, *([1] * (t.ndim - 1)))  # noqa: E731  (B, ...) -> (slots*B, ...)
+        return linearize(self.model, stack(self.x_in), stack(z_lin), part="nc", reads=self.reads)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        op = self._frozen
+        if op is None:  # tracking: the common mode of the nudge points; displacements stay from z_ref
+            op = self._linearize(self.points.common_mode(z, self.z_ref[: z.shape[0] // self.points.count]))
+        v = z - self.z_ref
+        self.products += 2 * self.slots
         if not v.is_complex():
-            return self.products.antisymmetric(v)
-        both = self.products.antisymmetric(torch.cat([v.real, v.imag]))
-        re, im = both.chunk(2)
+            return antisymmetric(op, v)
+        re, im = antisymmetric(op, torch.cat([v.real, v.imag])).chunk(2)
         return torch.complex(re, im)
 
 
+class NudgedTerm(Term):
+    """The vector field of a nudged phase, for every backend:
+
+        F(z) - beta_k g(z) - clip(corr(z)),
+
+    g the loss gradient times `gain` (1: the gradient of the batch-mean loss, as the digital
+    estimator nudges; tokens per sample x batch: each token's own loss, a circuit's per-token
+    nudge), its elements bounded at `nudge_clip` per token (module docstring), and the AEP
+    correction clipped per point to `aep_clip` x the nudged force (`clip_correction`).
+    """
+
+    def __init__(self, model: EquilibriumModel, x_in: torch.Tensor, y: torch.Tensor, points: NudgePoints,
+                 config: EPConfig, beta: torch.Tensor, correction: AEPCorrection | None, gain: float = 1.0):
+        n = points.count
+        stack = lambda t: t.repeat(n, *([1] * (t.ndim - 1)))  # noqa: E731  (B, ...) -> (n_points*B, ...)
+        self.model, self.x_rep, self.y_rep, self.config = model, stack(x_in), stack(y), config
+        self.beta, self.correction, self.n_points = beta, correction, n
+        # loss_grad averages over all n_points*B rows: times n_points is the gradient of each
+        # point's batch-mean loss; `gain` rescales it to what the nudge injects.
+        self.scale = n * gain
+        tokens = y.numel()
+        self.clip = config.nudge_clip * gain / tokens if config.nudge_clip > 0 and not points.complex else 0.0
+        super().__init__(self._force, model.leak)
+
+    def _force(self, z: torch.Tensor) -> torch.Tensor:
+        g = self.model.loss_grad(z, self.y_rep) * self.scale
+        if self.clip:
+            g = g.clamp(-self.clip, self.clip)
+        f = self.model.force(z, self.x_rep) - self.beta * g
+        if self.correction is not None:
+            f = f - clip_correction(self.correction(z), f, self.n_points, self.config.aep_clip)
+        return f
+
+
+def nudged_term(model: EquilibriumModel, x_in: torch.Tensor, y: torch.Tensor, z_ref: torch.Tensor,
+                config: EPConfig, points: NudgePoints, reads: str = "parameters", z_lin: torch.Tensor | None = None,
+                gain: float = 1.0) -> NudgedTerm:
+    """The nudged phase's term around the reference state `z_ref` (the free fixed point, or a circuit's
+    sampled free state); the AEP correction is linearised at `z_lin` (default `z_ref`), reading `reads`."""
+    dtype = z_ref.dtype
+    if points.complex:
+        dtype = torch.complex128 if z_ref.dtype == torch.float64 else torch.complex64
+    stacked = z_ref.repeat(points.count, *([1] * (z_ref.ndim - 1)))
+    beta = points.beta_per_sample(stacked, dtype)
+    aep = config.aep if model.has_nc_force else "none"
+    correction = None if aep == "none" else AEPCorrection(model, x_in, z_ref, z_ref if z_lin is None else z_lin,
+                                                          points, aep, reads)
+    return NudgedTerm(model, x_in, y, points, config, beta, correction, gain)
+
+
+def digital_nudge(term: NudgedTerm, start: torch.Tensor, z_ref: torch.Tensor, config: EPConfig, points: NudgePoints
+                  ) -> tuple[torch.Tensor, int, None]:
+    """A digital nudged phase: Euler steps of `eps` from `start`, T2 steps or the most settled
+    snapshot (adaptive T2). Returns (contrast, steps behind it, no extra record)."""
+    solver = Euler(config.eps)
+    contrast = lambda z: points.contrast(z, z_ref)  # noqa: E731
+    if config.select_cap:
+        phase = solve(term, solver, solver.init(term, start), SelectSettled(config.select_cap, config.select_every,
+                                                                            contrast))
+        return phase.output, phase.info["selected_step"], None
+    phase = solve(term, solver, solver.init(term, start), Fixed(config.steps))
+    return contrast(phase.output), config.steps, None
+
+
 def estimate_adjoint(model: EquilibriumModel, x_in: torch.Tensor, y: torch.Tensor, z_star: torch.Tensor,
-                     config: EPConfig) -> Adjoint:
-    """Run the nudged phases from z* and return the adjoint estimate a ~ -dz*/dbeta."""
+                     config: EPConfig, reads: str = "parameters", run_phase=None, gain: float = 1.0) -> Adjoint:
+    """Run the nudged phases from z* and return the adjoint estimate a ~ -dz*/dbeta.
+
+    `run_phase(term, start) -> (contrast, steps, record)` integrates one nudged phase; the default
+    is the digital one (`digital_nudge`), a circuit passes its settle-and-sample. The contrast of
+    each of the `restarts` phases is averaged, then divided by `gain` (back to the batch-mean loss's
+    gradient).
+    """
     points = NudgePoints.from_config(config)
     if points.complex and not model.analytic:
         check(False, "holomorphic", config.holomorphic,
               f"{type(model).__name__} in this mode has no holomorphic extension (relu terms)",
               "use a real estimator (holomorphic: 0) or an analytic model such as mode 'thick'")
-    aep = config.aep if model.nc_force(z_star[:1], x_in[:1]) is not None else "none"
-    total, steps_used, evals, products = None, 0, 0, 0
-    for _ in range(config.restarts):
-        a, steps_used, ev, pr = _nudge(model, x_in, y, z_star, config, points, aep)
-        total = a if total is None else total + a
-        evals, products = evals + ev, products + pr
-    return Adjoint(total / config.restarts, steps_used, evals, products)
-
-
-def _nudge(model, x_in, y, z_star, cfg: EPConfig, points: NudgePoints, aep: str):
-    P = len(points.betas)
-    dtype = torch.complex64 if points.complex else z_star.dtype
-    if z_star.dtype == torch.float64 and points.complex:
-        dtype = torch.complex128
-    bshape = (P, *z_star.shape)  # per-point beta broadcast over that point's block of samples
-    beta = torch.tensor(points.betas, dtype=torch.complex128).to(dtype) if points.complex else \
-        torch.tensor([b.real for b in points.betas], dtype=z_star.dtype)
-    beta = beta.to(z_star.device)
-    beta = beta.view(P, *([1] * z_star.ndim)).expand(bshape).reshape(P * z_star.shape[0], *z_star.shape[1:])
-    rep = lambda t: t.repeat(P, *([1] * (t.ndim - 1)))  # noqa: E731  (B, ...) -> (P*B, ...)
-    x_rep, y_rep, z_lin = rep(x_in), rep(y), rep(z_star)
-    slots = P * (2 if points.complex else 1)
-    frozen = _Correction(model, x_in, z_star, slots) if aep == "frozen" else None
-    clip = cfg.nudge_clip if (cfg.nudge_clip > 0 and not cfg.holomorphic) else 0.0
-
-    z = z_lin.to(dtype).clone()
-    horizon = cfg.select_cap or cfg.steps
-    best, best_inc, best_step, prev = None, math.inf, 0, None
-    evals = products = 0
+    term = nudged_term(model, x_in, y, z_star, config, points, reads, gain=gain)
+    start = z_star.repeat(points.count, *([1] * (z_star.ndim - 1))).to(term.beta.dtype)
+    if run_phase is None:
+        run_phase = lambda t, s: digital_nudge(t, s, z_star, config, points)  # noqa: E731
+    total, steps_used, records = None, 0, []
     with torch.no_grad():
-        for t in range(1, horizon + 1):
-            g = model.loss_grad(z, y_rep) * P  # loss_grad averages over all P*B rows
-            if clip:
-                g = g.clamp(-clip, clip)
-            f = model.force(z, x_rep) - beta * g
-            evals += P
-            if aep != "none":
-                if aep == "frozen":
-                    corr_op = frozen
-                else:  # re-linearise at the common mode; the displacement stays measured from z*
-                    corr_op = _Correction(model, x_in, points.common_mode(z, z_star), slots)
-                corr = corr_op(z - z_lin)
-                products += 2 * slots
-                f = f - clip_correction(corr, f, P, cfg.aep_clip)
-            z = z + cfg.eps * f
-            if cfg.select_cap and (t % cfg.select_every == 0 or t == horizon):
-                a = points.contrast(z, z_star)
-                if prev is not None:
-                    inc = float((a - prev).norm())
-                    if inc <= best_inc:
-                        best, best_inc, best_step = a, inc, t
-                prev = a
-    if not cfg.select_cap or best is None:
-        best, best_step = points.contrast(z, z_star), horizon
-    return best, best_step, evals, products
+        for _ in range(config.restarts):
+            a, steps_used, record = run_phase(term, start)
+            total = a if total is None else total + a
+            if record is not None:
+                records.append(record)
+    products = term.correction.products if term.correction is not None else 0
+    return Adjoint(total / (config.restarts * gain), steps_used, term.evals * points.count, products, records)
 
 
 def vector_field_gradient(model: EquilibriumModel, x: torch.Tensor, y: torch.Tensor, z_star: torch.Tensor,
-                          a: torch.Tensor) -> dict[str, torch.Tensor]:
-    """grad_theta <a, F(z*; theta)> for force parameters plus d loss(z*)/d theta for the readout."""
-    force_params = model.force_parameters()
-    readout = model.readout_parameters()
+                          a: torch.Tensor, reads: str = "parameters") -> dict[str, torch.Tensor]:
+    """grad_theta <a, F(z*; theta)> for force parameters plus d loss(z*)/d theta for the readout.
+
+    `reads` names the weights differentiated (`analog_ep.linear`): the model's parameters, or the
+    chip's effective conductances (the co-processor's knowledge of a chip); the gradients are
+    returned under the parameters' names either way.
+    """
+    force_names = [n for n, _ in model.force_parameters()]
+    readout_names = [n for n, _ in model.readout_parameters()]
+    leaves = weight_leaves(model, reads, force_names + readout_names)
+    substitutes = {n: t for n, t in leaves.items() if not isinstance(t, torch.nn.Parameter)}
     grads: dict[str, torch.Tensor] = {}
-    with torch.enable_grad():
+    with torch.enable_grad(), model.substituted(substitutes):
         x_in = model.drive(x)  # live: embeddings learn through the clamp
         f = model.force(z_star.detach(), x_in)
-        gs = torch.autograd.grad((a.detach() * f).sum(), [p for _, p in force_params], allow_unused=True)
-        for (name, p), g in zip(force_params, gs):
-            grads[name] = torch.zeros_like(p) if g is None else g
-        if readout:
+        gs = torch.autograd.grad((a.detach() * f).sum(), [leaves[n] for n in force_names], allow_unused=True)
+        for name, g in zip(force_names, gs):
+            grads[name] = torch.zeros_like(leaves[name]) if g is None else g
+        if readout_names:
             loss = model.loss(z_star.detach(), y)
-            gs = torch.autograd.grad(loss, [p for _, p in readout])
-            grads.update({name: g for (name, _), g in zip(readout, gs)})
+            gs = torch.autograd.grad(loss, [leaves[n] for n in readout_names])
+            grads.update(dict(zip(readout_names, gs)))
     return grads
 
 
@@ -286,12 +371,17 @@ class EPResult:
 
 
 def ep_gradient(model: EquilibriumModel, x: torch.Tensor, y: torch.Tensor, relax_config: RelaxConfig,
-                ep_config: EPConfig) -> EPResult:
-    """Free phase, nudged phases, vector-field readout: the full EP gradient for one batch."""
+                ep_config: EPConfig, reads: str = "parameters") -> EPResult:
+    """Free phase, nudged phases, vector-field readout: the full EP gradient for one batch.
+
+    The relaxations read the model's products as it routes them (through its chip, with the
+    periphery, when it has one); the co-processor's linear algebra (the AEP correction, the
+    vector-field gradient) reads `reads` (`analog_ep.linear`).
+    """
     with torch.no_grad():
         x_in = model.drive(x)
-        free = relax(lambda z: model.force(z, x_in), model.initial_state(x_in), relax_config)
+        free = relax(Term(lambda z: model.force(z, x_in), model.leak), model.initial_state(x_in), relax_config)
         loss = float(model.loss(free.z, y))
-    adjoint = estimate_adjoint(model, x_in, y, free.z, ep_config)
-    grads = vector_field_gradient(model, x, y, free.z, adjoint.a)
+    adjoint = estimate_adjoint(model, x_in, y, free.z, ep_config, reads)
+    grads = vector_field_gradient(model, x, y, free.z, adjoint.a, reads)
     return EPResult(grads, free, adjoint, loss)

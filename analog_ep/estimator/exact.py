@@ -2,10 +2,13 @@
 
 * BPTT: backpropagation through the T1-step Euler unroll, the same architecture and start point as
   the free phase (the research trainer's exact-gradient reference).
-* Equilibrium adjoint: the implicit-function gradient at z*, with lambda solving the transposed
-  linear system J^T lambda = -dloss/dz by matrix-free GMRES (scipy), then
-  grad = d/dtheta <lambda, F(z*; theta)> + readout gradient. Exact for any converged fixed point,
+* Equilibrium adjoint: the implicit-function gradient at z*, with the adjoint state a solving the
+  transposed linear system J^T a = -dloss/dz by matrix-free GMRES (scipy), then
+  grad = d/dtheta <a, F(z*; theta)> + readout gradient. Exact for any converged fixed point,
   conservative or not; it is the beta -> 0, AEP-corrected limit of EP.
+
+Both read the weights the caller names (`reads`, see `analog_ep.linear`): BPTT of a chip is BPTT
+through its deterministic effective conductances (a noisy, quantised read has no derivative).
 """
 from __future__ import annotations
 
@@ -17,22 +20,24 @@ from scipy.sparse.linalg import LinearOperator, gmres
 
 from analog_ep.errors import ConvergenceError
 from analog_ep.estimator.ep import vector_field_gradient
-from analog_ep.estimator.linear import JacobianProducts
+from analog_ep.linear import linearize, operator_weights, weight_leaves
 from analog_ep.model.base import EquilibriumModel
 
 
-def bptt_gradient(model: EquilibriumModel, x: torch.Tensor, y: torch.Tensor, steps: int, eps: float
-                  ) -> tuple[dict[str, torch.Tensor], float]:
+def bptt_gradient(model: EquilibriumModel, x: torch.Tensor, y: torch.Tensor, steps: int, eps: float,
+                  reads: str = "parameters") -> tuple[dict[str, torch.Tensor], float]:
     """(name -> d loss(z_T1) / d theta, loss) by backpropagating through `steps` Euler steps."""
-    params = list(model.named_parameters())
-    with torch.enable_grad():
+    names = [n for n, _ in model.named_parameters()]
+    leaves = weight_leaves(model, reads, names)
+    substitutes = {n: t for n, t in leaves.items() if not isinstance(t, torch.nn.Parameter)}
+    with torch.enable_grad(), model.substituted(substitutes):
         x_in = model.drive(x)
         z = model.initial_state(x_in)
         for _ in range(steps):
             z = z + eps * model.force(z, x_in)
         loss = model.loss(z, y)
-        gs = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
-    grads = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(params, gs)}
+        gs = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
+    grads = {n: torch.zeros_like(leaves[n]) if g is None else g for n, g in zip(names, gs)}
     return grads, float(loss.detach())
 
 
@@ -42,22 +47,23 @@ class AdjointSolve:
 
     grads: dict[str, torch.Tensor]
     adjoint: torch.Tensor
-    """lambda with J^T lambda = -dloss/dz at z*."""
+    """The adjoint state a with J^T a = -dloss/dz at z*."""
     matvecs: int
     """Vector-Jacobian products GMRES used."""
     relative_residual: float
-    """||J^T lambda + g|| / ||g|| reached."""
+    """||J^T a + g|| / ||g|| reached (g = dloss/dz)."""
 
 
 def adjoint_gradient(model: EquilibriumModel, x: torch.Tensor, y: torch.Tensor, z_star: torch.Tensor,
-                     tol: float = 1e-8, maxiter: int = 2000, strict: bool = True) -> AdjointSolve:
+                     tol: float = 1e-8, maxiter: int = 2000, strict: bool = True, reads: str = "parameters"
+                     ) -> AdjointSolve:
     """Exact equilibrium gradient at the fixed point z* (see module docstring)."""
     with torch.no_grad():
         x_in = model.drive(x)
-    with torch.enable_grad():
+    with torch.enable_grad(), model.substituted(operator_weights(model, reads)):
         zr = z_star.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(model.loss(zr, y), zr)
-    jac = JacobianProducts(lambda u: model.force(u, x_in), z_star)
+    jac = linearize(model, x_in, z_star, part="force", reads=reads)
     shape, dtype = z_star.shape, z_star.dtype
 
     def rmatvec(v: np.ndarray) -> np.ndarray:  # J^T v in float64 on the scipy side
@@ -72,6 +78,6 @@ def adjoint_gradient(model: EquilibriumModel, x: torch.Tensor, y: torch.Tensor, 
     if info != 0 and strict:
         raise ConvergenceError(f"adjoint GMRES stopped at relative residual {resid:.2e} (info={info}); "
                                "is the fixed point stable? relax tighter or raise maxiter")
-    lam = torch.from_numpy(sol.reshape(shape)).to(dtype)
-    grads = vector_field_gradient(model, x, y, z_star, lam)
-    return AdjointSolve(grads, lam, jac.products, resid)
+    adjoint = torch.from_numpy(sol.reshape(shape)).to(dtype)
+    grads = vector_field_gradient(model, x, y, z_star, adjoint, reads)
+    return AdjointSolve(grads, adjoint, jac.products, resid)

@@ -7,9 +7,10 @@ chip's DAC/ADC, read noise, optical noise, weight quantisation and static mismat
 
 Once per training step `refresh()` reads every tile's conductances (one aihwkit read per tile),
 applies the static non-idealities and caches the result, so the many products of a relaxation
-are vectorised torch ops; it also copies the effective weights into the model's parameters, so
-the digital parts of the estimator (the vector-field gradient, the AEP linearisation) see
-exactly what the tiles hold.
+are vectorised torch ops. `effective_weights()` hands those deterministic effective conductances
+(model units) to the digital co-processor's linear algebra when it reads the chip
+(`analog_ep.linear`, reads='chip'); `refresh()` also mirrors them into the model's parameters,
+which the optimizer updates.
 
 Writes take the desired change of each matrix (model units) and realise it through the device:
 'sign_pulse' sends at most one pulse per device per round (Lion's sign update), 'quantized'
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from aihwkit.simulator.tiles import AnalogTile
 
+from analog_ep.circuit.energy import ChipLoad
 from analog_ep.errors import check
 from analog_ep.hardware.device import DeviceConfig
 from analog_ep.hardware.ledger import PulseLedger
@@ -109,6 +111,8 @@ class AnalogChip:
         self._G: dict[str, torch.Tensor] = {}
         self._shared: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self._GT: dict[str, torch.Tensor] = {}  # transposed conductances for column reads
+        self._effective: dict[str, torch.Tensor] = {}  # name -> effective weights, model units
+        self._conductance_sum = 0.0  # tile units, every device (pairs: both)
         gen = torch.Generator().manual_seed(config.seed)
         for name in self._selected(model, config):
             W = model.get_parameter(name).detach().float()
@@ -149,6 +153,8 @@ class AnalogChip:
     @torch.no_grad()
     def refresh(self) -> None:
         """Read every tile once; cache effective conductances; mirror them into the model."""
+        self._effective.clear()
+        total = 0.0
         for name, arr in self.arrays.items():
             G = effective_conductances(arr.read_tiles(), self.config.periphery, self.gains[name],
                                        self.w_min, self.w_max)
@@ -159,6 +165,18 @@ class AnalogChip:
             self._shared.clear()  # fused views are rebuilt from the fresh reads on first use
             p = self.model.get_parameter(name)
             p.copy_(arr.assemble(G).to(p.dtype))
+            total += arr.conductance_sum() if self.config.device.differential else float(G.abs().sum())
+        self._conductance_sum = total
+
+    def effective_weights(self) -> dict[str, torch.Tensor]:
+        """name -> what a read of each held matrix means without noise and converters: the programmed
+        level times the static mismatch gain, in model units and the model's dtype (detached; cached
+        until the next read of the tiles)."""
+        if not self._effective:
+            for name, arr in self.arrays.items():
+                dtype = self.model.get_parameter(name).dtype
+                self._effective[name] = arr.assemble(self._G[name]).to(dtype)
+        return dict(self._effective)
 
     def matmul_shared(self, names: tuple[str, ...], x: torch.Tensor) -> list[torch.Tensor]:
         """x @ W for several matrices reading the same input (Q, K, V): one batched periphery call.
@@ -238,9 +256,13 @@ class AnalogChip:
         self.refresh()
         return sent
 
-    def total_conductance(self, g_max: float) -> float:
-        """sum |G| over every device of the chip (S) at conductance g_max for w_max."""
-        return sum(float(G.abs().sum()) for G in self._G.values()) / self.w_max * g_max
+    def load(self, g_max: float) -> ChipLoad:
+        """What the held arrays present to a phase: every device's conductance summed (S; a device at
+        the top of its range conducts g_max; a differential pair counts both devices, G+ + G-) and
+        their input and output lines."""
+        rows = sum(arr.shape[0] for arr in self.arrays.values())
+        cols = sum(arr.shape[1] for arr in self.arrays.values())
+        return ChipLoad(self._conductance_sum / self.w_max * g_max, rows, cols)
 
     @property
     def pulses(self) -> int:

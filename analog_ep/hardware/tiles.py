@@ -73,6 +73,18 @@ class CrossbarArray:
             G[r, c, : w.shape[1], : w.shape[0]] = w.t()
         return G
 
+    def conductance_sum(self) -> float:
+        """Sum over every device of its conductance, tile units: |w| per single device, G+ + G- per
+        differential pair (both devices of a pair conduct; aihwkit keeps them as hidden weights)."""
+        total = 0.0
+        for tile in self.tiles.values():
+            if self.device.differential:
+                hidden = tile.get_hidden_parameters()
+                total += sum(float(hidden[k].abs().sum()) for k in hidden if k.startswith("hidden_weights_"))
+            else:
+                total += float(tile.get_weights()[0].abs().sum())
+        return total
+
     def read(self) -> torch.Tensor:
         """The matrix in model units, (in, out)."""
         return self.assemble(self.read_tiles())

@@ -17,7 +17,8 @@ Conventions
 """
 from __future__ import annotations
 
-from typing import Iterator
+from contextlib import contextmanager
+from typing import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -35,24 +36,50 @@ class EquilibriumModel(nn.Module):
     #: states outside autograd then run on its crossbars, with their periphery.
     hardware = None
 
+    def weight(self, name: str) -> torch.Tensor:
+        """The tensor called `name` as the force uses it: the parameter, unless a linear operator
+        substituted its own for the duration of a product (`substituted`)."""
+        substitutes = self.__dict__.get("_substitutes")
+        if substitutes and name in substitutes:
+            return substitutes[name]
+        return self.get_parameter(name)
+
+    @contextmanager
+    def substituted(self, weights: Mapping[str, torch.Tensor]):
+        """Within the block every product reads `weights[name]` (a chip's effective conductances, or
+        leaves to differentiate) instead of the parameter, and nothing is routed through a chip.
+        An empty mapping changes nothing."""
+        if not weights:
+            yield
+            return
+        previous = self.__dict__.get("_substitutes")
+        self.__dict__["_substitutes"] = {**(previous or {}), **weights}
+        try:
+            yield
+        finally:
+            self.__dict__["_substitutes"] = previous
+
+    def _on_chip(self, x: torch.Tensor) -> bool:
+        """Products of real states outside autograd run on the chip, unless weights are substituted."""
+        return (self.hardware is not None and not x.is_complex() and not torch.is_grad_enabled()
+                and not self.__dict__.get("_substitutes"))
+
     def product(self, x: torch.Tensor, name: str, transpose: bool = False) -> torch.Tensor:
         """x @ W (or x @ W^T) for the weight called `name`: where the state meets a weight matrix.
 
-        Routed through the chip when one holds that matrix; autograd and complex (holomorphic)
-        evaluations use the parameter, which the chip keeps equal to what its tiles hold.
+        Routed through the chip (with its periphery: noise, converters) when one holds that matrix,
+        the state is real and no autograd graph is recorded; otherwise `weight(name)`: the
+        parameter, or what a linear operator substituted (see `analog_ep.linear`).
         """
-        hw = self.hardware
-        if hw is not None and not x.is_complex() and not torch.is_grad_enabled() and hw.holds(name):
-            return hw.matmul(name, x, transpose)
-        w = self.get_parameter(name)
+        if self._on_chip(x) and self.hardware.holds(name):
+            return self.hardware.matmul(name, x, transpose)
+        w = self.weight(name)
         return matmul(x, w.t() if transpose else w)
 
     def products(self, x: torch.Tensor, names: tuple[str, ...]) -> list[torch.Tensor]:
         """[x @ W for each name]: one fused read when the chip holds them all (same input rows)."""
-        hw = self.hardware
-        if hw is not None and not x.is_complex() and not torch.is_grad_enabled() and \
-                all(hw.holds(n) for n in names):
-            return hw.matmul_shared(tuple(names), x)
+        if self._on_chip(x) and all(self.hardware.holds(n) for n in names):
+            return self.hardware.matmul_shared(tuple(names), x)
         return [self.product(x, n) for n in names]
 
     # ---- the dynamical system -------------------------------------------------------------
@@ -74,6 +101,17 @@ class EquilibriumModel(nn.Module):
     def nc_force(self, z: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor | None:
         """Non-conservative part `F_nc(z)` of the force (None if the force is a gradient field)."""
         return None
+
+    @property
+    def has_nc_force(self) -> bool:
+        """Whether `nc_force` returns a tensor (known without evaluating it, e.g. on a noisy chip)."""
+        return False
+
+    @property
+    def leak(self) -> float:
+        """lambda >= 0 with F(z) = -lambda z + N(z): the linear self-decay of every state component
+        (the node's leak), which a circuit's exponential integrator takes exactly (0: none)."""
+        return 0.0
 
     # ---- readout and task ------------------------------------------------------------------
     def logits(self, z: torch.Tensor) -> torch.Tensor:

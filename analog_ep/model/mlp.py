@@ -66,6 +66,11 @@ class MLPConfig:
         check(self.damping >= 0, "damping", self.damping, "must be >= 0")
         check(self.init_scale > 0, "init_scale", self.init_scale, "must be > 0")
 
+    @property
+    def leak(self) -> float:
+        """The force's scalar self-decay: 1 + c, the self term of every layer."""
+        return 1.0 + self.damping
+
 
 class EquilibriumMLP(EquilibriumModel):
     """Layered Hopfield network whose free fixed point F(z*) = 0 is the forward pass."""
@@ -82,6 +87,10 @@ class EquilibriumMLP(EquilibriumModel):
             nn.Parameter(torch.randn(n_in, n_out, generator=gen) * config.init_scale / math.sqrt(n_in))
             for n_in, n_out in zip(widths[:-1], widths[1:]))
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(n)) for n in self.sizes)
+
+    @property
+    def leak(self) -> float:
+        return self.config.leak
 
     @property
     def state_size(self) -> int:

@@ -90,6 +90,13 @@ class TransformerConfig:
         check(self.damping >= 0, "damping", self.damping, "must be >= 0")
         check(self.lse_gamma > 0, "lse_gamma", self.lse_gamma, "must be > 0")
 
+    @property
+    def leak(self) -> float:
+        """The force's scalar self-decay lambda (F = -lambda z + ...): 1 + c (thick, energy), 1 + s c
+        (real), m (mono)."""
+        return {"thick": 1.0 + self.damping, "energy": 1.0 + self.damping, "real": 1.0 + self.attn_gain * self.damping,
+                "mono": self.mono_margin}[self.mode]
+
 
 class EquilibriumTransformer(EquilibriumModel):
     """One transformer block whose forward pass is a relaxation to the fixed point F(z*) = 0."""
@@ -135,13 +142,21 @@ class EquilibriumTransformer(EquilibriumModel):
     def analytic(self) -> bool:  # relu memory terms are not holomorphic
         return self.config.mode == "thick"
 
+    @property
+    def has_nc_force(self) -> bool:
+        return self.config.mode != "energy"
+
+    @property
+    def leak(self) -> float:
+        return self.config.leak
+
     def drive(self, idx: torch.Tensor) -> torch.Tensor:
-        hw = self.hardware
-        if hw is not None and not torch.is_grad_enabled() and hw.holds("tok"):
+        pos = self.weight("pos")[: idx.shape[1]]
+        if self._on_chip(pos) and self.hardware.holds("tok"):
             # Embeddings on a crossbar: a lookup is the read of one row (a one-hot input).
             onehot = F.one_hot(idx, self.config.vocab_size).to(self.tok.dtype)  # (B, T, V)
-            return self.product(onehot, "tok") + self.pos[: idx.shape[1]]
-        return self.tok[idx] + self.pos[: idx.shape[1]]  # (B, T, C)
+            return self.product(onehot, "tok") + pos
+        return self.weight("tok")[idx] + pos  # (B, T, C)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -157,7 +172,7 @@ class EquilibriumTransformer(EquilibriumModel):
 
     def _digital(self, h: torch.Tensor) -> bool:
         """Fast path with every weight digital: products may be fused across matrices."""
-        return self._fast_path(h) and self.hardware is None
+        return self._fast_path(h) and self.hardware is None and not self.__dict__.get("_substitutes")
 
     def attention(self, h: torch.Tensor) -> torch.Tensor:
         """Causal multi-head attention of the (normalised) state h: (B, T, C) -> (B, T, C)."""
@@ -261,27 +276,33 @@ class EquilibriumTransformer(EquilibriumModel):
 
 
 class ThickLinearization:
-    """J_nc v and J_nc^T v of the thick block's Attn(LN1 z) + FFN(LN2 z) at a fixed state z0.
+    """J_nc v and J_nc^T v of the thick block's Attn(LN1 z) + FFN(LN2 z) at a fixed state z0: the
+    closed-form `analog_ep.linear.Linearization` of this block (build it with `linearize`).
 
     Every elementwise Jacobian factor (LayerNorm statistics, attention probabilities, GELU slope)
     is computed once here, so each product afterwards is the block's matmuls plus a few cheap
     elementwise ops: about half the cost of autograd's double backward, which re-derives the
-    LayerNorm and GELU second-order terms on every call. Products count into `products`.
+    LayerNorm and GELU second-order terms on every call. The weights are read once, at
+    construction, through `model.weight` (what `linearize` chose to read). Products count into
+    `products`.
     """
 
     def __init__(self, model: EquilibriumTransformer, z0: torch.Tensor, eps: float = 1e-5):
         with torch.no_grad():
             self.m = model
+            w = model.weight  # the parameters, or what `analog_ep.linear` substituted (a chip's weights)
             B, T, C = z0.shape
             self.shape, self.scale = (B, T, C), 1.0 / math.sqrt(model.head_dim)
-            self.ln1, h1 = self._ln_stats(z0, model.ln1_w, model.ln1_b, eps)
-            self.ln2, h2 = self._ln_stats(z0, model.ln2_w, model.ln2_b, eps)
-            self.W_qkv = torch.cat([model.W_q, model.W_k, model.W_v], dim=1)  # (C, 3C)
+            self.ln1, h1 = self._ln_stats(z0, w("ln1_w"), w("ln1_b"), eps)
+            self.ln2, h2 = self._ln_stats(z0, w("ln2_w"), w("ln2_b"), eps)
+            self.W_qkv = torch.cat([w("W_q"), w("W_k"), w("W_v")], dim=1)  # (C, 3C)
+            self.W_o, self.W_fc, self.W_proj = w("W_o"), w("W_fc"), w("W_proj")
             q, k, v = (model._heads(t) for t in (h1 @ self.W_qkv).split(C, dim=-1))  # (B, H, T, dh)
             self.q, self.k, self.v = q, k, v
             scores = (q @ k.transpose(-2, -1)) * self.scale
-            self.P = torch.softmax(scores.masked_fill(~model.causal[:T, :T], float("-inf")), dim=-1)
-            u = torch.addmm(model.b_fc, h2.reshape(B * T, C), model.W_fc)  # (BT, 4C)
+            # attention probabilities, (B, H, T, T)
+            self.probs = torch.softmax(scores.masked_fill(~model.causal[:T, :T], float("-inf")), dim=-1)
+            u = torch.addmm(w("b_fc"), h2.reshape(B * T, C), self.W_fc)  # (BT, 4C)
             t = torch.tanh(_GELU_A * (u + 0.044715 * u ** 3))
             self.gelu_slope = 0.5 * (1 + t) + 0.5 * u * (1 - t * t) * _GELU_A * (1 + 3 * 0.044715 * u * u)
         self.products = 0
@@ -310,30 +331,26 @@ class ThickLinearization:
 
     def jvp(self, v: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            m, (B, T, C) = self.m, self.shape
+            m, (B, T, C), probs = self.m, self.shape, self.probs
             dq, dk, dv = (m._heads(t) for t in (self._ln_jvp(v, self.ln1) @ self.W_qkv).split(C, dim=-1))
             ds = (dq @ self.k.transpose(-2, -1) + self.q @ dk.transpose(-2, -1)) * self.scale
-            dP = self.P * (ds - (self.P * ds).sum(-1, keepdim=True))  # softmax Jacobian
-            attn = self._merge(dP @ self.v + self.P @ dv) @ m.W_o
-            du = self._ln_jvp(v, self.ln2).reshape(B * T, C) @ m.W_fc
-            ffn = (self.gelu_slope * du) @ m.W_proj
+            d_probs = probs * (ds - (probs * ds).sum(-1, keepdim=True))  # softmax Jacobian
+            attn = self._merge(d_probs @ self.v + probs @ dv) @ self.W_o
+            du = self._ln_jvp(v, self.ln2).reshape(B * T, C) @ self.W_fc
+            ffn = (self.gelu_slope * du) @ self.W_proj
             self.products += 1
             return attn + ffn.reshape(B, T, C)
 
     def vjp(self, g: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            m, (B, T, C) = self.m, self.shape
-            go = m._heads(g @ m.W_o.t())  # (B, H, T, dh)
-            gP = go @ self.v.transpose(-2, -1)
-            gv = self.P.transpose(-2, -1) @ go
-            gs = self.P * (gP - (gP * self.P).sum(-1, keepdim=True)) * self.scale
+            m, (B, T, C), probs = self.m, self.shape, self.probs
+            go = m._heads(g @ self.W_o.t())  # (B, H, T, dh)
+            g_probs = go @ self.v.transpose(-2, -1)
+            gv = probs.transpose(-2, -1) @ go
+            gs = probs * (g_probs - (g_probs * probs).sum(-1, keepdim=True)) * self.scale
             gq, gk = gs @ self.k, gs.transpose(-2, -1) @ self.q
             gh1 = torch.cat([self._merge(gq), self._merge(gk), self._merge(gv)], dim=-1) @ self.W_qkv.t()
-            gu = (g.reshape(B * T, C) @ m.W_proj.t()) * self.gelu_slope
-            gh2 = (gu @ m.W_fc.t()).reshape(B, T, C)
+            gu = (g.reshape(B * T, C) @ self.W_proj.t()) * self.gelu_slope
+            gh2 = (gu @ self.W_fc.t()).reshape(B, T, C)
             self.products += 1
             return self._ln_vjp(gh1, self.ln1) + self._ln_vjp(gh2, self.ln2)
-
-    def antisymmetric(self, v: torch.Tensor) -> torch.Tensor:
-        """(J_nc - J_nc^T) v."""
-        return self.jvp(v) - self.vjp(v)

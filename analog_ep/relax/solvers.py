@@ -1,14 +1,16 @@
-"""Digital relaxation to the fixed point F(z*) = 0.
+"""Digital relaxation to the fixed point F(z*) = 0: the digital solvers of the phase API.
 
-Separate pieces, joined by `relax` (diffrax style):
+A relaxation is a term (the force closure), a solver and a controller joined by
+`analog_ep.phase.solve`:
 
-* the *term*: a force closure ``z -> F(z)`` (the model with its clamp bound in);
-* the *solvers*: explicit Euler ``z <- z + eps F(z)`` (the research trainer's dynamics and what a
-  chip's discrete loop does) and Anderson acceleration of the same map (the fast digital twin);
-* the *controller*: a fixed budget of T1 steps, then optional refinement until the residual of one
-  more Euler step is <= a tolerance.
+* the solvers: explicit Euler ``z <- z + eps F(z)`` (`Euler`: the research trainer's dynamics and
+  what a chip's discrete loop does) and Anderson acceleration of the same map (`Anderson`: the fast
+  digital twin); their unit of time is one step;
+* the controllers: the free phase's budget of T1 steps, then optional refinement until the
+  residual of one more Euler step is <= a tolerance (`analog_ep.phase.Refine`); a fixed budget
+  (`analog_ep.phase.Fixed`).
 
-Nothing here builds an autograd graph: every step runs under ``torch.no_grad()``.
+`relax` is the digital twin's free phase. Nothing here builds an autograd graph.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Callable
 import torch
 
 from analog_ep.errors import check
+from analog_ep.phase import Fixed, Refine, Solver, State, Term, replaced, solve
 
 Force = Callable[[torch.Tensor], torch.Tensor]
 
@@ -26,7 +29,9 @@ METHODS = ("euler", "anderson")
 
 @dataclass
 class RelaxConfig:
-    """How the digital twin relaxes to its fixed point."""
+    """How the digital twin relaxes to its fixed point (the free phase of every digital relaxation:
+    the digital twins, and the analog twin without a circuit). A circuit's free phase is its own
+    settle (`circuit.settle`): these fields do not apply to it."""
 
     method: str = "euler"
     """'euler' (T1 explicit steps, the research semantics) or 'anderson' (accelerated fixed point)."""
@@ -79,58 +84,44 @@ class Relaxation:
     """Solver iterations taken."""
 
 
-def euler(force: Force, z: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
-    """`steps` explicit Euler steps z <- z + eps F(z) (returns a new tensor)."""
-    with torch.no_grad():
-        z = z.clone()
-        for _ in range(steps):
-            z.add_(force(z), alpha=eps)
-    return z
+class Euler(Solver):
+    """Explicit Euler z <- z + eps F(z); one step per unit of time."""
+
+    def __init__(self, eps: float):
+        self.eps = eps
+
+    def step(self, term: Term, state: State, generator=None) -> State:
+        return replaced(state, z=torch.add(state.z, term(state.z), alpha=self.eps), t=state.t + 1,
+                        steps=state.steps + 1)
+
+    def residual(self, term: Term, state: State) -> float:
+        return float((self.eps * term(state.z)).norm() / (state.z.norm() + 1e-12))
 
 
-def relative_residual(force: Force, z: torch.Tensor, eps: float) -> float:
-    """||z_{t+1} - z_t|| / ||z_t|| of one more Euler step (one force evaluation)."""
-    with torch.no_grad():
-        return float((eps * force(z)).norm() / (z.norm() + 1e-12))
-
-
-def per_sample_residual(force: Force, z: torch.Tensor, eps: float) -> torch.Tensor:
-    """The relative residual of each sample (batch on dim 0)."""
-    with torch.no_grad():
-        step = (eps * force(z)).flatten(1).norm(dim=1)
-        return step / (z.flatten(1).norm(dim=1) + 1e-12)
-
-
-def anderson(force: Force, z0: torch.Tensor, eps: float, memory: int = 5, tol: float = 1e-6,
-             max_evals: int = 500, damping: float = 1.0) -> tuple[torch.Tensor, int, float]:
+class Anderson(Solver):
     """Anderson acceleration (type II, Walker & Ni 2011) of G(z) = z + eps F(z), per sample.
 
     Each sample mixes its own last `memory` iterates (samples never interact through the force),
-    which converges faster than one global least-squares. Returns (z, force evaluations, residual).
+    which converges faster than one global least-squares. A step is one evaluation of G; it
+    converges (and stops moving) once every sample's residual ||G(z) - z|| / ||z|| is <= `tol`.
     """
-    with torch.no_grad():
-        B = z0.shape[0]
-        x = z0.reshape(B, -1).clone()  # (B, D): flatten each sample's state
-        shape = z0.shape
-        G = lambda v: v + eps * force(v.reshape(shape)).reshape(B, -1)  # noqa: E731
-        X, R = [], []  # past iterates and their residuals G(x) - x
-        evals, res = 0, float("inf")
-        while evals < max_evals:
-            gx = G(x)
-            evals += 1
-            r = gx - x
-            res_each = r.norm(dim=1) / (x.norm(dim=1) + 1e-12)
-            res = float(r.norm() / (x.norm() + 1e-12))
-            if bool((res_each <= tol).all()):
-                break
-            X.append(x)
-            R.append(r)
-            if len(R) > memory + 1:
-                X.pop(0)
-                R.pop(0)
-            if len(R) == 1:
-                x = x + damping * r
-                continue
+
+    def __init__(self, eps: float, memory: int = 5, tol: float = 1e-6, damping: float = 1.0):
+        self.eps, self.memory, self.tol, self.damping = eps, memory, tol, damping
+
+    def step(self, term: Term, state: State, generator=None) -> State:
+        shape, B = state.z.shape, state.z.shape[0]
+        x = state.z.reshape(B, -1)  # (B, D): flatten each sample's state
+        r = self.eps * term(state.z).reshape(B, -1)  # G(x) - x
+        res_each = r.norm(dim=1) / (x.norm(dim=1) + 1e-12)
+        if bool((res_each <= self.tol).all()):
+            return replaced(state, converged=True)
+        past_x, past_r = state.memory or ((), ())
+        X, R = (*past_x, x)[-(self.memory + 1):], (*past_r, r)[-(self.memory + 1):]  # history, oldest first
+        damping = self.damping
+        if len(R) == 1:
+            x_new = x + damping * r
+        else:
             dR = torch.stack([R[i + 1] - R[i] for i in range(len(R) - 1)], dim=2)  # (B, D, m)
             dX = torch.stack([X[i + 1] - X[i] for i in range(len(X) - 1)], dim=2)
             # Least squares min ||r - dR gamma|| via regularised normal equations, batched.
@@ -141,24 +132,35 @@ def anderson(force: Force, z0: torch.Tensor, eps: float, memory: int = 5, tol: f
             eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
             gamma, info = torch.linalg.solve_ex(gram + reg * eye, dR.transpose(1, 2) @ r.unsqueeze(2))
             gamma = torch.where((info == 0)[:, None, None], gamma, torch.zeros_like(gamma))  # plain step
-            x = x + damping * r - ((dX + damping * dR) @ gamma).squeeze(2)
-        return x.reshape(shape), evals, res
+            x_new = x + damping * r - ((dX + damping * dR) @ gamma).squeeze(2)
+        return replaced(state, z=x_new.reshape(shape), t=state.t + 1, steps=state.steps + 1, memory=(X, R))
+
+    def residual(self, term: Term, state: State) -> float:
+        return float((self.eps * term(state.z)).norm() / (state.z.norm() + 1e-12))
 
 
-def relax(force: Force, z0: torch.Tensor, config: RelaxConfig) -> Relaxation:
+def euler(force: Force, z: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
+    """`steps` explicit Euler steps z <- z + eps F(z) (returns a new tensor)."""
+    term = Term(force)
+    solver = Euler(eps)
+    return solve(term, solver, solver.init(term, z), Fixed(steps)).state.z
+
+
+def relative_residual(force: Force, z: torch.Tensor, eps: float) -> float:
+    """||z_{t+1} - z_t|| / ||z_t|| of one more Euler step (one force evaluation)."""
+    return Euler(eps).residual(Term(force), State(z))
+
+
+def relax(force: Force | Term, z0: torch.Tensor, config: RelaxConfig) -> Relaxation:
     """Relax from z0 to the fixed point with the configured solver and controller."""
+    term = force if isinstance(force, Term) else Term(force)
     if config.method == "anderson":
-        z, evals, _ = anderson(force, z0, config.eps, config.anderson_memory, config.anderson_tol,
-                               max_evals=config.steps, damping=config.anderson_damping)
-        res = relative_residual(force, z, config.eps)
-        return Relaxation(z, z, res, res, evals + 1, evals)
-    z = euler(force, z0, config.eps, config.steps)
-    res = relative_residual(force, z, config.eps)
-    evals, steps, z_budget, res_final = config.steps + 1, config.steps, z, res
-    while steps < config.refine_to and res_final > config.refine_tol:
-        chunk = min(config.refine_chunk, config.refine_to - steps)
-        z = euler(force, z, config.eps, chunk)
-        res_final = relative_residual(force, z, config.eps)
-        steps += chunk
-        evals += chunk + 1
-    return Relaxation(z, z_budget, res, res_final, evals, steps)
+        solver = Anderson(config.eps, config.anderson_memory, config.anderson_tol, config.anderson_damping)
+        phase = solve(term, solver, solver.init(term, z0), Fixed(config.steps, residual=True))
+        res = phase.residual
+        return Relaxation(phase.state.z, phase.state.z, res, res, phase.evals, phase.state.steps)
+    solver = Euler(config.eps)
+    controller = Refine(config.steps, config.refine_chunk, config.refine_to, config.refine_tol)
+    phase = solve(term, solver, solver.init(term, z0), controller)
+    return Relaxation(phase.state.z, phase.info["z_budget"], phase.info["residual_budget"], phase.residual,
+                      phase.evals, phase.state.steps)

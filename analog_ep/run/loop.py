@@ -35,6 +35,9 @@ def make_twins(cfg: RunConfig, model: EquilibriumTransformer) -> dict:
     """Each twin owns a copy of the same initial weights."""
     import copy
 
+    from analog_ep.train.backend import check_backend
+
+    check_backend(cfg)
     twins = {}
     common = (cfg.relax, cfg.ep, cfg.optim, cfg.schedule, cfg.stabilizers)
     for name in cfg.train.twins:
@@ -121,6 +124,7 @@ def run_job(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = Tr
             if name == "analog":
                 history.add(name, "settle_time", rec.settle_time)
                 history.add(name, "energy", rec.energy)
+                history.add(name, "latency", rec.latency)
                 history.add(name, "pulses", rec.pulses)
                 if before is not None:
                     history.add(name, "update_cos", update_cosine(twin, probe, before, x, y, cfg))

@@ -1,7 +1,9 @@
 """The analog twin: the same training step, with the weights on a simulated chip.
 
-Relaxations run on the crossbars (every weight product through the chip's periphery), the EP
-estimate is formed from those settles, and the update is written back through the devices:
+`AnalogTwin` is a `DigitalTwin` with two components swapped (`analog_ep.train.backend`): it relaxes
+on the chip - every weight product through the chip's periphery, and with a circuit every phase a
+measured settle (`CircuitBackend`) - and the co-processor's linear algebra reads the chip's
+effective conductances (reads='chip'); and it writes through the devices (`ChipWriter`):
 
 * Lion with 'sign_pulse' writes: each held matrix receives Lion's sign update as at most one
   fixed-amplitude pulse per device, so its effective learning rate is the pulse step
@@ -16,120 +18,84 @@ Norm caps and spectral projections do not apply to held matrices: the devices' b
 from __future__ import annotations
 
 import copy
-import warnings
 
-import torch
 
-from analog_ep.circuit.dynamics import CircuitConfig, CircuitTerm
-from analog_ep.circuit.energy import EnergyConfig, StepCost, settle_cost, write_cost
-from analog_ep.circuit.measure import SettleConfig, circuit_ep_gradient, settle
+from analog_ep.circuit.dynamics import CircuitConfig
+from analog_ep.circuit.energy import EnergyConfig
+from analog_ep.circuit.measure import SettleConfig
 from analog_ep.hardware.chip import AnalogChip, ChipConfig
 from analog_ep.model.base import EquilibriumModel
+from analog_ep.train.backend import CircuitBackend, DigitalBackend
 from analog_ep.train.optim import Lion
-from analog_ep.train.twin import DigitalTwin, StepRecord
+from analog_ep.train.twin import DigitalTwin
 
 
-class AnalogTwin(DigitalTwin):
-    """A `DigitalTwin` whose model's weight matrices live on an `AnalogChip`.
+class ChipWriter:
+    """Writes an update through the chip (see module docstring); `pulses` and `rounds` are this
+    step's (0 until something is written)."""
 
-    Without a `circuit` the relaxation is the digital Euler loop with every product on the chip;
-    with one, each phase is a measured settle of the circuit (see `analog_ep.circuit.measure`),
-    and each step also reports its physical settle time and estimated energy.
-    """
+    def __init__(self, chip: AnalogChip):
+        self.chip = chip
+        self.pulses = self.rounds = 0
 
-    def __init__(self, model: EquilibriumModel, chip_config: ChipConfig, *args, circuit: CircuitConfig | None = None,
-                 settle: SettleConfig | None = None, energy: EnergyConfig | None = None, **kwargs):
-        kwargs["ema"] = 0.0  # an average of device states is not something a chip can hold
-        model = copy.deepcopy(model)  # the twin owns its weights; the caller's model stays digital
-        super().__init__(model, *args, **kwargs)
-        self.chip = AnalogChip(model, chip_config)
-        held = {n for n in self.chip.arrays}
-        self.constraints.matrices = [(n, p) for n, p in self.constraints.matrices if n not in held]
-        self.current_step = 0
-        self.circuit, self.settle_config = circuit, settle or SettleConfig()
-        self.energy_config = energy or EnergyConfig()
-        self.last_cost: StepCost | None = None
+    def begin(self) -> None:
+        self.pulses = self.rounds = self.chip.last_pulses = self.chip.last_rounds = 0
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> StepRecord:
-        if self.circuit is None:
-            record = super().step(x, y, step)
-            record.pulses = self.chip.last_pulses
-            return record
-        self.current_step = step
-        result = circuit_ep_gradient(self.model, x, y, self.circuit, self.settle_config, self.ep_config,
-                                     self.generator)
-        res = result.free.residual
-        skipped = self.stab.gate > 0 and res > self.stab.gate
-        grads = {} if skipped else result.grads
-        with torch.no_grad():
-            x_in = self.model.drive(x)
-        # The stabilisers run on the digital co-processor at the sampled free state.
-        lam = self.stabilize(grads, x_in, result.free.sample, result.free.sample, res, skipped, step)
-        norm = self._apply(grads)
-        cost = StepCost()
-        g_total = self.chip.total_conductance(self.energy_config.g_max)
-        nodes = result.free.sample.numel()
-        points = result.phases["nudged"]["points"]
-        lockin = self.settle_config.lockin
-        settle_cost(cost, self.energy_config, g_total, result.free.settle_time, 1, nodes * lockin)
-        settle_cost(cost, self.energy_config, g_total, result.nudged.settle_time, points, nodes * points * lockin)
-        write_cost(cost, self.energy_config, self.chip.last_pulses, self.chip.last_rounds)
-        self.last_cost = cost
-        evals = result.free.force_evals + result.nudged.force_evals * points
-        return StepRecord(result.loss, res, evals, norm, lam, skipped, cost.settle_s, cost.energy_j,
-                          result.free.verdict, self.chip.last_pulses)
-
-    @torch.no_grad()
-    def evaluate(self, batches) -> float:
-        """Mean loss at the sampled free state of each batch (the circuit's own settles when set)."""
-        if self.circuit is None:
-            return super().evaluate(batches)
-        total = 0.0
-        for x, y in batches:
-            x_in = self.model.drive(x)
-            term = CircuitTerm(lambda z: self.model.force(z, x_in), self.circuit)
-            free = settle(term, term.initial(self.model.initial_state(x_in)), self.settle_config, self.generator)
-            total += float(self.model.loss(free.sample, y))
-        return total / len(batches)
-
-    def _update(self) -> None:
-        """Write the loaded gradients' update: the held matrices through the chip, the rest digitally."""
-        held = {n: p for n, p in self.model.named_parameters() if self.chip.holds(n)}
-        if isinstance(self.optimizer, Lion) and self.chip.config.write == "sign_pulse":
-            updates = self.optimizer.sign_updates()
+    def write(self, twin: DigitalTwin) -> None:
+        """The loaded gradients' update: the held matrices through the chip, the rest digitally."""
+        chip, optimizer, step = self.chip, twin.optimizer, twin.current_step
+        held = {n: p for n, p in twin.model.named_parameters() if chip.holds(n)}
+        if isinstance(optimizer, Lion) and chip.config.write == "sign_pulse":
+            updates = optimizer.sign_updates()
             on_chip = {n: updates.pop(p) for n, p in held.items() if p in updates}
-            self.optimizer.apply_sign_updates(updates)  # digital parameters only
-            self.optimizer.update_momentum()
+            optimizer.apply_sign_updates(updates)  # digital parameters only
+            optimizer.update_momentum()
             deltas = {n: -u * lr for n, (u, lr) in on_chip.items()}
             counts = None
-            if self.optim_config.trust_ratio:
-                counts = {n: max(1, round(lr / self.chip.step_size[n])) for n, (_, lr) in on_chip.items()}
-            self.chip.last_pulses = self.chip.write(deltas, self.current_step, counts)
+            if twin.optim_config.trust_ratio:
+                counts = {n: max(1, round(lr / chip.step_size[n])) for n, (_, lr) in on_chip.items()}
+            chip.last_pulses = chip.write(deltas, step, counts)
         else:
             before = {n: p.detach().clone() for n, p in held.items()}
-            self.optimizer.step()
+            optimizer.step()
             deltas = {n: p.detach() - before[n] for n, p in held.items()}
-            self.chip.last_pulses = self.chip.write(deltas, self.current_step)  # refresh() mirrors tiles
-        self.constraints.apply()
-        with warnings.catch_warnings():  # sign pulses bypass optimizer.step(), which torch checks for
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
-            self.scheduler.step()
+            chip.last_pulses = chip.write(deltas, step)  # refresh() mirrors the tiles
+        self.pulses, self.rounds = chip.last_pulses, chip.last_rounds
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """The digital state plus what the tiles hold (conductances in model units).
+        """What the tiles hold (conductances in model units) and the pulses sent.
 
         Device-to-device variation is rebuilt from the chip seed; the cycle-to-cycle noise of the
         pulses after a resume is a fresh draw (aihwkit keeps its device RNG internal).
         """
-        state = super().state_dict()
-        state["tiles"] = {n: a.read() for n, a in self.chip.arrays.items()}
-        state["pulses"] = self.chip.pulses
-        return state
+        return {"tiles": {n: a.read() for n, a in self.chip.arrays.items()}, "pulses": self.chip.pulses}
 
     def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
         for name, weights in state["tiles"].items():
             self.chip.arrays[name].set(weights)
         self.chip.refresh()
 
+
+class AnalogTwin(DigitalTwin):
+    """A `DigitalTwin` whose model's weight matrices live on an `AnalogChip`: it relaxes on the chip
+    (and on `circuit`, when given: each phase a measured settle, see `analog_ep.circuit.measure`,
+    with each step's physical settle time, energy and latency) and writes through it. Without a
+    circuit the relaxation is the digital Euler loop with every product on the chip.
+    """
+
+    def __init__(self, model: EquilibriumModel, chip_config: ChipConfig, relax_config, ep_config, *args,
+                 circuit: CircuitConfig | None = None, settle: SettleConfig | None = None,
+                 energy: EnergyConfig | None = None, **kwargs):
+        kwargs["ema"] = 0.0  # an average of device states is not something a chip can hold
+        model = copy.deepcopy(model)  # the twin owns its weights; the caller's model stays digital
+        chip = AnalogChip(model, chip_config)
+        if circuit is None:
+            backend = DigitalBackend(relax_config, ep_config, reads="chip")
+        else:
+            backend = CircuitBackend(circuit, settle or SettleConfig(), energy or EnergyConfig(), ep_config,
+                                     reads="chip", load=chip.load)
+        super().__init__(model, relax_config, ep_config, *args, backend=backend, writer=ChipWriter(chip), **kwargs)
+        self.chip = chip
+        held = set(chip.arrays)
+        self.constraints.matrices = [(n, p) for n, p in self.constraints.matrices if n not in held]

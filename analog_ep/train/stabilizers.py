@@ -4,24 +4,27 @@ EP is only valid at a settled fixed point, and training drifts the operator towa
 (a complex eigenvalue pair crossing into Re mu > 0: a Hopf bifurcation). The research trainer's
 stack, as composable pieces:
 
-* jacreg - Hutchinson estimate of ||J_nc||_F^2 at z*, penalised with weight lambda (Bai et al. 2021);
-* a residual-driven controller for lambda: lambda <- clip(lambda (res_ema / target)^0.3, floor, max);
+* jacreg - Hutchinson estimate of ||J_nc||_F^2 at z*, penalised with a weight w (Bai et al. 2021);
+* a residual-driven controller for that weight: w <- clip(w (res_ema / target)^0.3, floor, max);
 * resreg - the T1-residual penalty ||eps F(z_T1)||^2 / ||z_T1||^2, scaled to a fraction of the task
   gradient's norm and ramped in by the residual (it defends the state evaluation actually uses);
 * eigreg - a one-sided penalty on the numerical abscissa of J_nc above a margin;
 * a validity gate (skip the task gradient above a residual), an abort fuse (stop after N
   consecutive steps above a residual), spectral-norm projection and weight-norm caps.
+
+The penalties' Jacobian products come from `analog_ep.linear` and read the weights the caller
+names (`reads`): the model's parameters, or a chip's effective conductances (the co-processor of
+an analog twin); their gradients are returned under the parameters' names.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator, eigsh
 
 from analog_ep.errors import AnalogEPError, check
+from analog_ep.linear import abscissa, linearize, weight_leaves
 from analog_ep.model.base import EquilibriumModel
 
 
@@ -30,17 +33,18 @@ class StabilizerConfig:
     """Stabilisers applied around each training step (all off at their defaults unless noted)."""
 
     jacreg: float = 0.0
-    """Initial weight lambda of the Jacobian penalty ||J_nc||_F^2 (0: off)."""
+    """Initial weight of the Jacobian penalty ||J_nc||_F^2 (0: off)."""
     jacreg_floor: float | None = None
-    """Controller floor for lambda (None: the initial jacreg). Keep it > 0: lambda -> 0 runs blew up."""
+    """Controller floor for the jacreg weight (None: the initial jacreg). Keep it > 0: runs whose
+    weight fell to 0 blew up."""
     jacreg_max: float = 16.0
-    """Controller ceiling for lambda."""
+    """Controller ceiling for the jacreg weight."""
     residual_target: float = 5e-3
     """Residual the controller steers toward."""
     residual_ema: float = 0.0
     """EMA factor on the residual fed to the controller (0: raw; 0.9 stops controller thrash)."""
     controller_exponent: float = 0.3
-    """lambda <- lambda * (res / target) ** exponent each step."""
+    """weight <- weight * (res / target) ** exponent each step."""
     resreg: float = 0.0
     """T1-residual penalty as a fraction of the task-gradient norm (0: off)."""
     resreg_onset: float = 7e-4
@@ -82,81 +86,64 @@ class AbortTraining(AnalogEPError):
     """The abort fuse tripped: the relaxation lost containment and did not recover."""
 
 
-def _jacobian_products_with_params(model: EquilibriumModel, x_in: torch.Tensor, z: torch.Tensor):
-    """(out, u, J^T u) with a graph through the parameters, for differentiating J products in theta."""
-    zr = z.detach().requires_grad_(True)
-    out = model.nc_force(zr, x_in)
-    u = torch.zeros_like(out, requires_grad=True)
-    (jt_u,) = torch.autograd.grad(out, zr, u, create_graph=True)
-    return u, jt_u
+def _force_names(model: EquilibriumModel) -> list[str]:
+    return [n for n, _ in model.force_parameters()]
+
+
+def _grads(objective: torch.Tensor, leaves: dict[str, torch.Tensor], scale: float = 1.0) -> dict[str, torch.Tensor]:
+    gs = torch.autograd.grad(objective, list(leaves.values()), allow_unused=True)
+    return {n: scale * g for n, g in zip(leaves, gs) if g is not None}
 
 
 def jacobian_penalty(model: EquilibriumModel, x_in: torch.Tensor, z: torch.Tensor, weight: float,
-                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                     generator: torch.Generator | None = None, reads: str = "parameters") -> dict[str, torch.Tensor]:
     """Gradients of weight * ||J_nc e||^2 / ||e||^2 (Hutchinson, one Gaussian probe e) in theta."""
-    params = model.force_parameters()
+    if not model.has_nc_force:
+        return {}
+    leaves = weight_leaves(model, reads, _force_names(model))
+    e = torch.randn(z.shape, generator=generator, dtype=z.dtype)
     with torch.enable_grad():
-        if model.nc_force(z[:1], x_in[:1]) is None:
-            return {}
-        e = torch.randn(z.shape, generator=generator, dtype=z.dtype)
-        u, jt_u = _jacobian_products_with_params(model, x_in.detach(), z)
-        (jv,) = torch.autograd.grad(jt_u, u, e, create_graph=True)  # J_nc e, differentiable in theta
-        penalty = weight * jv.pow(2).sum() / e.pow(2).sum()
-        gs = torch.autograd.grad(penalty, [p for _, p in params], allow_unused=True)
-    return {n: g for (n, _), g in zip(params, gs) if g is not None}
+        op = linearize(model, x_in, z, part="nc", differentiable=True, leaves=leaves)
+        jv = op.jvp(e)  # J_nc e, differentiable in theta
+        return _grads(weight * jv.pow(2).sum() / e.pow(2).sum(), leaves)
 
 
-def residual_penalty(model: EquilibriumModel, x_in: torch.Tensor, z_budget: torch.Tensor, eps: float
-                     ) -> dict[str, torch.Tensor]:
+def residual_penalty(model: EquilibriumModel, x_in: torch.Tensor, z_budget: torch.Tensor, eps: float,
+                     reads: str = "parameters") -> dict[str, torch.Tensor]:
     """Gradients of ||eps F(z_T1)||^2 / ||z_T1||^2 in theta, with z_T1 and x_in held fixed."""
-    params = model.force_parameters()
-    with torch.enable_grad():
+    leaves = weight_leaves(model, reads, _force_names(model))
+    substitutes = {n: t for n, t in leaves.items() if not isinstance(t, torch.nn.Parameter)}
+    with torch.enable_grad(), model.substituted(substitutes):
         z = z_budget.detach()
         f = model.force(z, x_in.detach())
-        penalty = (eps * f).pow(2).sum() / (z.pow(2).sum() + 1e-9)
-        gs = torch.autograd.grad(penalty, [p for _, p in params], allow_unused=True)
-    return {n: g for (n, _), g in zip(params, gs) if g is not None}
+        return _grads((eps * f).pow(2).sum() / (z.pow(2).sum() + 1e-9), leaves)
 
 
 def numerical_abscissa(model: EquilibriumModel, x_in: torch.Tensor, z: torch.Tensor,
-                       v0: torch.Tensor | None = None, tol: float = 1e-3) -> tuple[float, torch.Tensor]:
-    """omega(J_nc) = max eigenvalue of (J_nc + J_nc^T)/2 at z, and its unit eigenvector (Lanczos)."""
-    from analog_ep.estimator.linear import JacobianProducts
-
-    jac = JacobianProducts(lambda u: model.nc_force(u, x_in), z)
-    shape, dtype = z.shape, z.dtype
-
-    def sym(v: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(v.reshape(shape)).to(dtype)
-        return (0.5 * (jac.jvp(t) + jac.vjp(t))).double().reshape(-1).numpy()
-
-    n = z.numel()
-    op = LinearOperator((n, n), matvec=sym, dtype=np.float64)
-    # A fixed start vector keeps the Lanczos result (and eigreg's gradient) reproducible.
-    start = np.random.default_rng(0).standard_normal(z.numel()) if v0 is None else v0.double().reshape(-1).numpy()
-    vals, vecs = eigsh(op, k=1, which="LA", v0=start, tol=tol, maxiter=max(200, n // 10))
-    return float(vals[0]), torch.from_numpy(vecs[:, 0].reshape(shape)).to(dtype)
+                       v0: torch.Tensor | None = None, tol: float = 1e-3, reads: str = "parameters"
+                       ) -> tuple[float, torch.Tensor]:
+    """omega(J_nc) = max eigenvalue of (J_nc + J_nc^T)/2 at z, and its unit eigenvector
+    (`analog_ep.linear.abscissa`, from a fixed start so eigreg's gradient is reproducible)."""
+    op = linearize(model, x_in, z, part="nc", reads=reads)
+    return abscissa(op, z, v0=v0, tol=tol, maxiter=max(200, z.numel() // 10))
 
 
 def abscissa_penalty(model: EquilibriumModel, x_in: torch.Tensor, z: torch.Tensor, weight: float,
-                     margin: float, cache: dict) -> tuple[dict[str, torch.Tensor], float]:
+                     margin: float, cache: dict, reads: str = "parameters") -> tuple[dict[str, torch.Tensor], float]:
     """Gradients of weight * relu(omega - margin)^2, using d omega / d theta = d(u^T J_nc u)/d theta."""
-    omega, u_vec = numerical_abscissa(model, x_in, z, cache.get("v0"))
+    omega, u_vec = numerical_abscissa(model, x_in, z, cache.get("v0"), reads=reads)
     cache["v0"] = u_vec
     if omega <= margin:
         return {}, omega
-    params = model.force_parameters()
+    leaves = weight_leaves(model, reads, _force_names(model))
     with torch.enable_grad():
-        u, jt_u = _jacobian_products_with_params(model, x_in.detach(), z)
-        (ju,) = torch.autograd.grad(jt_u, u, u_vec, create_graph=True)
-        rayleigh = (u_vec * ju).sum()  # u^T J_nc u = omega at the eigenvector, live in theta
-        gs = torch.autograd.grad(rayleigh, [p for _, p in params], allow_unused=True)
-    scale = 2.0 * weight * (omega - margin)
-    return {n: scale * g for (n, _), g in zip(params, gs) if g is not None}, omega
+        op = linearize(model, x_in, z, part="nc", differentiable=True, leaves=leaves)
+        rayleigh = (u_vec * op.jvp(u_vec)).sum()  # u^T J_nc u = omega at the eigenvector, live in theta
+        return _grads(rayleigh, leaves, 2.0 * weight * (omega - margin)), omega
 
 
 class JacobianController:
-    """Residual-driven lambda for jacreg: multiplicative steering toward a target residual."""
+    """Residual-driven jacreg weight: multiplicative steering toward a target residual."""
 
     def __init__(self, config: StabilizerConfig):
         self.config = config

@@ -3,19 +3,26 @@
 One `DigitalTwin` owns a model, its optimizer, schedule, stabilisers and optional parameter EMA,
 and advances one step per batch. The gradient source is selectable: 'ep' (the estimator a chip
 would run), 'bptt' (backpropagation through the T1 unroll) or 'adjoint' (exact implicit gradient).
-The analog twin of a later stage reuses the same step structure with hardware in the loop.
+
+The step is the same for every twin; what it relaxes on and writes through are components
+(`analog_ep.train.backend`): the digital twin relaxes digitally and writes its parameters; the
+analog twin (`analog_ep.train.analog.AnalogTwin`) relaxes on its chip (and circuit) and writes
+pulses. A skipped step (validity gate) writes nothing and reports no pulses, and every step -
+skipped or not - advances the learning-rate schedule, so all twins stay on the same schedule.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from analog_ep.errors import check
-from analog_ep.estimator.ep import EPConfig, estimate_adjoint, vector_field_gradient
+from analog_ep.estimator.ep import EPConfig, vector_field_gradient
 from analog_ep.estimator.exact import adjoint_gradient, bptt_gradient
 from analog_ep.model.base import EquilibriumModel
-from analog_ep.relax.solvers import RelaxConfig, relax
+from analog_ep.relax.solvers import RelaxConfig
+from analog_ep.train.backend import DigitalBackend
 from analog_ep.train.optim import (OptimizerConfig, ParameterEMA, ScheduleConfig, build_optimizer,
                                    build_scheduler, clip_gradients)
 from analog_ep.train.stabilizers import (AbortFuse, JacobianController, StabilizerConfig, WeightConstraints,
@@ -77,7 +84,7 @@ class StepRecord:
     grad_norm: float
     """Norm of the applied gradient (before clipping)."""
     jacreg: float
-    """Jacobian-penalty weight used."""
+    """Jacobian-penalty (jacreg) weight used."""
     skipped: bool
     """True when the validity gate skipped the task gradient."""
     settle_time: float = 0.0
@@ -87,7 +94,28 @@ class StepRecord:
     verdict: str = ""
     """Settle monitor's verdict on the free phase ('settled', 'slow', 'oscillating', ...)."""
     pulses: int = 0
-    """Device pulses written (analog twin)."""
+    """Device pulses written (analog twin; 0 on a skipped step)."""
+    latency: float = 0.0
+    """Estimated wall time of the step on the chip: settles, sampling, writes (s; analog twin on a
+    circuit)."""
+
+
+class ParameterWriter:
+    """Writes an update the digital way: the optimizer's step on the parameters."""
+
+    pulses = rounds = 0
+
+    def begin(self) -> None:
+        """A new step: nothing written yet."""
+
+    def write(self, twin: "DigitalTwin") -> None:
+        twin.optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class DigitalTwin:
@@ -95,8 +123,13 @@ class DigitalTwin:
 
     def __init__(self, model: EquilibriumModel, relax_config: RelaxConfig, ep_config: EPConfig,
                  optim_config: OptimizerConfig, schedule_config: ScheduleConfig,
-                 stabilizer_config: StabilizerConfig, gradient: str = "ep", ema: float = 0.0, seed: int = 0):
+                 stabilizer_config: StabilizerConfig, gradient: str = "ep", ema: float = 0.0, seed: int = 0,
+                 backend=None, writer=None):
         check(gradient in GRADIENTS, "gradient", gradient, "unknown gradient", f"use one of {', '.join(GRADIENTS)}")
+        self.backend = backend if backend is not None else DigitalBackend(relax_config, ep_config)
+        self.writer = writer if writer is not None else ParameterWriter()
+        check(gradient == "ep" or isinstance(self.backend, DigitalBackend), "gradient", gradient,
+              "a circuit's twin estimates its gradient by EP", "use gradient: ep")
         self.model, self.gradient = model, gradient
         self.relax_config, self.ep_config, self.stab = relax_config, ep_config, stabilizer_config
         self.optim_config = optim_config
@@ -109,53 +142,62 @@ class DigitalTwin:
         self.ema = ParameterEMA(self.params, ema) if ema > 0 else None
         self.generator = torch.Generator().manual_seed(seed)
         self._eig_cache: dict = {}
+        self.current_step = 0
+        self.last_cost = None
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> StepRecord:
-        model = self.model
+        model, backend = self.model, self.backend
         self.current_step = step
+        self.writer.begin()
         with torch.no_grad():
             x_in = model.drive(x)
-            free = relax(lambda z: model.force(z, x_in), model.initial_state(x_in), self.relax_config)
-            loss = float(model.loss(free.z_budget, y))
-        skipped = self.stab.gate > 0 and free.residual_final > self.stab.gate
+        free = backend.free(model, x_in, self.generator)
+        with torch.no_grad():
+            loss = float(model.loss(free.z_eval, y))
+        skipped = self.stab.gate > 0 and free.residual_gate > self.stab.gate
         grads: dict[str, torch.Tensor] = {}
-        evals = free.force_evals
+        evals, adjoint = free.force_evals, None
         if not skipped:
             if self.gradient == "ep":
-                adjoint = estimate_adjoint(model, x_in, y, free.z, self.ep_config)
-                grads = vector_field_gradient(model, x, y, free.z, adjoint.a)
+                adjoint = backend.adjoint(model, x_in, y, free, self.generator)
+                grads = vector_field_gradient(model, x, y, free.z, adjoint.a, backend.reads)
                 evals += adjoint.force_evals + 1
             elif self.gradient == "bptt":
                 grads, _ = bptt_gradient(model, x, y, self.relax_config.steps, self.relax_config.eps)
                 evals += self.relax_config.steps
             else:
                 grads = adjoint_gradient(model, x, y, free.z, strict=False).grads
-        lam = self.stabilize(grads, x_in, free.z, free.z_budget, free.residual, skipped, step)
+        weight = self.stabilize(grads, x_in, free.z, free.z_eval, free.residual, skipped, step)
         norm = self._apply(grads)
-        return StepRecord(loss, free.residual, evals, norm, lam, skipped)
+        self._advance_schedule()
+        costs = backend.cost(model, free, adjoint, self.writer.pulses, self.writer.rounds)
+        self.last_cost = costs.detail
+        return StepRecord(loss, free.residual, evals, norm, weight, skipped, costs.settle_time, costs.energy,
+                          free.verdict, self.writer.pulses, costs.latency)
 
     def stabilize(self, grads: dict[str, torch.Tensor], x_in: torch.Tensor, z: torch.Tensor,
                   z_budget: torch.Tensor, residual: float, skipped: bool, step: int) -> float:
         """Add the stabilisers' gradients to `grads` (in place), update the controllers and the
         abort fuse; returns the jacreg weight used. `z` is the settled state, `z_budget` the state
-        after the T1 budget (what evaluation sees), `residual` its residual."""
-        model, stab = self.model, self.stab
-        lam = self.controller.weight if stab.jacreg > 0 else 0.0
+        after the T1 budget (what evaluation sees), `residual` its residual. Their products read
+        the backend's `reads`."""
+        model, stab, reads = self.model, self.stab, self.backend.reads
+        jacreg_weight = self.controller.weight if stab.jacreg > 0 else 0.0
         if not skipped:
             fraction = resreg_fraction(stab, residual)
             if fraction > 0:
-                extra = residual_penalty(model, x_in, z_budget, self.relax_config.eps)
+                extra = residual_penalty(model, x_in, z_budget, self.relax_config.eps, reads)
                 task, extra_norm = grad_norm(grads), grad_norm(extra)
                 add_scaled(grads, extra, fraction * task / (extra_norm + 1e-20))
             if stab.eigreg > 0:
-                extra, _ = abscissa_penalty(model, x_in, z, stab.eigreg, stab.eig_margin, self._eig_cache)
+                extra, _ = abscissa_penalty(model, x_in, z, stab.eigreg, stab.eig_margin, self._eig_cache, reads)
                 add_scaled(grads, extra)
-        if lam > 0:
-            add_scaled(grads, jacobian_penalty(model, x_in, z, lam, self.generator))
+        if jacreg_weight > 0:
+            add_scaled(grads, jacobian_penalty(model, x_in, z, jacreg_weight, self.generator, reads))
         self._feedback(residual)
         self.fuse.update(residual, step)
-        return lam
+        return jacreg_weight
 
     def _feedback(self, residual: float) -> None:
         if self.stab.jacreg > 0:
@@ -168,7 +210,7 @@ class DigitalTwin:
                 cfg.damping = max(0.5, cfg.damping * 0.97)
 
     def _apply(self, grads: dict[str, torch.Tensor]) -> float:
-        """Load the gradients, clip them and update; returns the norm before clipping."""
+        """Load the gradients, clip them and write the update; returns the norm before clipping."""
         if not grads or not all(bool(torch.isfinite(g).all()) for g in grads.values()):
             return float("nan") if grads else 0.0  # a non-finite estimate is skipped, not applied
         named = dict(self.model.named_parameters())
@@ -176,28 +218,28 @@ class DigitalTwin:
         for name, g in grads.items():
             named[name].grad = g.detach().clone()
         norm = clip_gradients(self.params, self.optim_config.grad_clip)
-        self._update()
-        return norm
-
-    def _update(self) -> None:
-        """Apply the loaded gradients: the optimizer's step, constraints, schedule, EMA."""
-        self.optimizer.step()
+        self.writer.write(self)
         self.constraints.apply()
-        self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.params)
+        return norm
+
+    def _advance_schedule(self) -> None:
+        """One schedule step per training step, whether or not an update was written."""
+        with warnings.catch_warnings():  # sign pulses and skipped steps bypass optimizer.step(), which torch checks
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            self.scheduler.step()
 
     # ---- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """Mean loss at the T1 state over fixed batches (with the EMA weights when enabled)."""
+        """Mean loss at the free phase's evaluated state (the T1 state; a circuit's sample) over fixed
+        batches (with the EMA weights when enabled)."""
         def run() -> float:
             total = 0.0
             for x, y in batches:
-                x_in = self.model.drive(x)
-                free = relax(lambda z: self.model.force(z, x_in), self.model.initial_state(x_in),
-                             self.relax_config)
-                total += float(self.model.loss(free.z_budget, y))
+                free = self.backend.free(self.model, self.model.drive(x), self.generator)
+                total += float(self.model.loss(free.z_eval, y))
             return total / len(batches)
 
         if self.ema is None:
@@ -211,7 +253,7 @@ class DigitalTwin:
                 "scheduler": self.scheduler.state_dict(), "controller": self.controller.state_dict(),
                 "constraints": self.constraints.state_dict(), "fuse": self.fuse.count,
                 "ema": None if self.ema is None else self.ema.state_dict(),
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state(), **self.writer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -223,3 +265,4 @@ class DigitalTwin:
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.generator.set_state(state["generator"])
+        self.writer.load_state_dict(state)

@@ -10,12 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-import yaml
 
 from analog_ep import __version__
-from analog_ep.config import RunConfig, dump_yaml, library, load_config, merge, parse_override
-from analog_ep.errors import AnalogEPError, ConfigError
+from analog_ep.config import dump_yaml, library, load_config, merge, parse_override
+from analog_ep.errors import AnalogEPError
 
 
 def _overrides(args) -> list[str]:
@@ -37,6 +35,9 @@ def cmd_run(args) -> int:
         cfg = cfg.resolve()
     else:
         cfg = load_config(args.chip, _overrides(args))
+    from analog_ep.train.backend import check_backend
+
+    check_backend(cfg)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     summary = run_job(cfg, out, resume=args.resume, progress=not args.quiet, stop_after=args.stop_after)
     print(json.dumps(summary))
@@ -47,7 +48,10 @@ def cmd_validate(args) -> int:
     cfg = load_config(args.chip, _overrides(args))
     from analog_ep.hardware.device import check_device_config
 
+    from analog_ep.train.backend import check_backend
+
     check_device_config(cfg.chip.device)
+    check_backend(cfg)
     print(f"{args.chip}: ok ({cfg.chip.device.model} on {cfg.chip.tile_rows}x{cfg.chip.tile_cols} tiles, "
           f"{cfg.circuit.circuit.kind} circuit, twins {', '.join(cfg.train.twins)})")
     if args.show:
@@ -62,53 +66,14 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _load_checkpoint(path: str) -> dict:
-    """A run's state, or a one-line error saying why the file is not one."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "state.pt"
-    if not p.is_file():
-        raise ConfigError("--checkpoint", path, "no run state found", "point it at a run directory or its state.pt")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several unrelated types for a non-checkpoint file
-        raise ConfigError("--checkpoint", path, f"not a torch checkpoint ({type(err).__name__})",
-                          "point it at a run directory or its state.pt") from None
-    if not isinstance(state, dict) or "config" not in state or "twins" not in state:
-        raise ConfigError("--checkpoint", path, "not an analog-ep run state (no config/twins)",
-                          "point it at a run directory or its state.pt")
-    return state
-
-
 def cmd_diagnose(args) -> int:
-    from analog_ep.diagnostics.fingerprint import fingerprint
-    from analog_ep.run.loop import build
+    from analog_ep.diagnostics.diagnose import diagnose
 
-    state = None
-    if args.checkpoint:
-        state = _load_checkpoint(args.checkpoint)
-        cfg = merge(RunConfig(), yaml.safe_load(state["config"]), args.checkpoint)
-        for text in args.set or []:
-            cfg = merge(cfg, parse_override(text), "--set")
-        cfg = cfg.resolve()
-    else:
-        cfg = load_config(args.chip, list(args.set or []))
-    corpus, model = build(cfg)
-    twin = args.twin
-    if state is not None:
-        if twin not in state["twins"]:
-            raise ConfigError("--twin", twin, "not in this run", f"use one of {', '.join(state['twins'])}")
-        model.load_state_dict(state["twins"][twin]["model"])  # the analog twin's mirrors its tiles
-    elif twin == "analog":  # a chip file: the operator as programmed onto its tiles
-        from analog_ep.hardware.chip import AnalogChip
-
-        AnalogChip(model, cfg.chip)
-    x, y = corpus.fixed_batches("val", args.batch, 1, seed=cfg.train.seed)[0]
-    report = fingerprint(model, x, y, cfg.relax, cfg.ep)
+    report, what = diagnose(args.chip, args.checkpoint, args.twin, list(args.set or []), args.batch)
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"operator          {twin} twin" + (f" of {args.checkpoint}" if args.checkpoint else ""))
+    print(f"operator          {what}")
     print(f"residual at T1    {report['residual']:.3e}")
     print(f"cos(EP, BPTT)     {report['cos_ep_bptt']:+.4f}")
     for group, c in report["cos_groups"].items():
@@ -148,10 +113,13 @@ def parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list)
 
     diag = sub.add_parser("diagnose", help="residual, cos(EP, BPTT) per group, leading eigenvalues")
-    diag.add_argument("chip", nargs="?", help="chip file (default: the built-in default model)")
-    diag.add_argument("--checkpoint", help="a run directory (or its state.pt) to diagnose")
-    diag.add_argument("--twin", default="digital", choices=["digital", "analog", "bptt"],
-                      help="which twin's operator (analog: as held by the tiles)")
+    diag.add_argument("chip", nargs="?", help="chip file: the chip as programmed (default: the built-in "
+                      "default model); not together with --checkpoint")
+    diag.add_argument("--checkpoint", help="a run directory (or its state.pt): its twins as trained")
+    diag.add_argument("--twin", choices=["analog", "digital", "bptt"],
+                      help="analog: the chip as read through its periphery (its effective conductances for "
+                      "derivatives); digital/bptt: ideal weights. Default: analog with a chip file or a run that "
+                      "trained one, else digital (built-in defaults) or the run's first twin")
     diag.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. relax.steps=200")
     diag.add_argument("--batch", type=int, default=4, help="validation sequences probed (default 4)")
     diag.add_argument("--json", action="store_true", help="one JSON object")

@@ -33,7 +33,13 @@ def test_run_every_shipped_chip_end_to_end(chip, tmp_path, capsys):
         assert "analog" in f["twins"] and "digital" in f["twins"]
         a = f["twins/analog"]
         assert len(a["train/loss"]) == 2 and np.isfinite(a["train/loss"][:]).all()
-        assert (a["settle_time"][:] > 0).all() and (a["energy"][:] >= 0).all()
+        assert (a["settle_time"][:] > 0).all()
+        # the ideal chip's circuit (circuits/euler.yaml) costs nothing; every other chip pays for reads,
+        # sampling and writes; latency adds sampling and write rounds to the settles
+        if chip == "ideal":
+            assert (a["energy"][:] == 0).all()
+        else:
+            assert (a["energy"][:] > 0).all() and (a["latency"][:] > a["settle_time"][:]).all()
     assert (out / "curves.png").is_file() and (out / "state.pt").is_file()
 
 

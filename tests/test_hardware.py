@@ -1,5 +1,4 @@
 """Crossbar arrays on aihwkit devices, the chip, its writes and the analog twin."""
-import math
 
 import pytest
 import torch
@@ -50,12 +49,14 @@ def test_realised_steps_have_the_configured_spread(kind, key, sigma):
         within = float(steps.std(0).max())
         print(f"\nd2d: relative spread of device steps {spread:.3f} (configured {sigma}); "
               f"largest pulse-to-pulse spread within a device {within:.2e}")
-        assert abs(spread - sigma) < 0.25 * sigma and within < 1e-4
+        assert abs(spread - sigma) < 0.03 * sigma and within < 1e-4  # README: 0.200 for 0.2
     else:
         spread = float(steps.std())
         print(f"\nc2c: spread of single-pulse steps {spread:.3f} dw_min (configured {sigma}); mean "
               f"{float(steps.mean()):.3f}")
-        assert abs(spread - sigma) < 0.15 * sigma and abs(float(steps.mean()) - 1) < 0.05
+        # README: 0.303 for 0.3. 40,960 single-pulse steps: the estimates' standard errors are 0.3% (spread)
+        # and 0.15% (mean), but aihwkit draws this noise from its own unseeded generator: 3% and 1% bands.
+        assert abs(spread - sigma) < 0.03 * sigma and abs(float(steps.mean()) - 1) < 0.01
 
 
 @pytest.mark.parametrize("model", list(PRESETS) + list(BASE_DEVICES))

@@ -1,6 +1,5 @@
-"""Equilibrium MLP: force = -grad E, EP = exact equilibrium gradient, digits training by EP."""
-import time
-
+"""Equilibrium MLP: force = -grad E, EP = exact equilibrium gradient, digits training by EP
+(its speed: bench/mlp_digits.py)."""
 import pytest
 import torch
 
@@ -10,8 +9,7 @@ from analog_ep.estimator.ep import EPConfig, ep_gradient
 from analog_ep.estimator.exact import adjoint_gradient, bptt_gradient
 from analog_ep.model.mlp import EquilibriumMLP, MLPConfig
 from analog_ep.relax.solvers import RelaxConfig, relax
-from analog_ep.train.classify import train_classifier
-from analog_ep.train.optim import OptimizerConfig
+from analog_ep.train.classify import digits_recipe, train_classifier
 
 SMALL = dict(inputs=64, hidden=(20, 12), classes=10)
 
@@ -91,27 +89,22 @@ def test_ep_matches_exact_equilibrium_gradient(ep_config):
         assert flat(ep).norm() / ref.norm() == pytest.approx(1.0, abs=0.05), group
 
 
-DIGITS_RECIPE = dict(
-    relax_config=RelaxConfig(method="euler", eps=0.5, steps=40),
-    ep_config=EPConfig(beta=0.5, centered=True, steps=20, eps=0.5, aep="none"),
-    opt_config=OptimizerConfig(name="adamw", lr=1e-2, weight_decay=1e-4),
-    epochs=15, batch_size=32, seed=0,
-)
+DIGITS_RECIPE = digits_recipe()
 
 
-def test_ep_trains_digits_to_95_percent_in_under_a_minute():
+def digits_run():
     data = DigitsData.from_config(DigitsDataConfig())
     model = EquilibriumMLP(MLPConfig(hidden=(128,), activation="tanh", init_scale=1.0, seed=0))
-    start = time.perf_counter()
-    history = train_classifier(model, data, **DIGITS_RECIPE)
-    wall = time.perf_counter() - start
+    return train_classifier(model, data, **DIGITS_RECIPE)
+
+
+def test_ep_trains_digits_to_97_percent():
+    history = digits_run()
     accs = [round(e.test_accuracy, 4) for e in history.epochs]
-    print(f"\ndigits EP: test accuracy per epoch {accs}; final {accs[-1]:.4f} after "
-          f"{history.steps} steps in {wall:.1f} s")
+    print(f"\ndigits EP: test accuracy per epoch {accs}; final {accs[-1]:.4f} after {history.steps} steps")
     assert len(history.epochs) == DIGITS_RECIPE["epochs"] and not history.stopped_early
     assert history.epochs[0].train_loss > 3 * history.final.train_loss  # it learned
-    assert history.final.test_accuracy >= 0.95
-    assert wall < 60.0
+    assert history.final.test_accuracy >= 0.965  # README: 97.2% (seeded, one thread)
 
 
 def test_time_budget_stops_after_one_step_and_still_evaluates():

@@ -1,21 +1,12 @@
-"""Crossbar periphery: layout, aihwkit-equivalent converters and noise, static effects, speed."""
-import time
+"""Crossbar periphery: layout, aihwkit-equivalent converters and noise, static effects (its speed:
+bench/periphery.py)."""
 
 import pytest
 import torch
 
 from analog_ep.errors import ConfigError
 from analog_ep.hardware.periphery import (PeripheryConfig, analog_matmul, converter_step, effective_conductances,
-                                          mismatch_gains, quantize_levels)
-
-
-def to_tiles(W: torch.Tensor, tile_rows: int, tile_cols: int) -> torch.Tensor:
-    """(in, out) -> zero-padded (R, C, tile_rows, tile_cols), the layout contract."""
-    d, o = W.shape
-    R, C = -(-d // tile_rows), -(-o // tile_cols)
-    P = W.new_zeros(R * tile_rows, C * tile_cols)
-    P[:d, :o] = W
-    return P.view(R, tile_rows, C, tile_cols).permute(0, 2, 1, 3).contiguous()
+                                          mismatch_gains, quantize_levels, to_tiles)
 
 
 def reference_matmul(x, G, scale, cfg, out_features, clipped=None):
@@ -225,38 +216,6 @@ def test_shape_mismatch_raises():
         analog_matmul(torch.zeros(3, 100), G, 1.0, PeripheryConfig(), 65)
 
 
-def _best_time(fn, n=15):
-    fn()
-    best = float("inf")
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def test_speed_relative_to_plain_matmul():
-    g = torch.Generator().manual_seed(14)
-    x = torch.randn(2048, 128, generator=g)
-    W = torch.randn(128, 384, generator=g) * 0.1
-    t_plain = _best_time(lambda: x @ W)
-    full = PeripheryConfig(dac_bits=7, adc_bits=9, read_noise=0.06, optical_noise=0.05)
-    lines = [f"\n(2048x128)@(128x384) float32, {torch.get_num_threads()} thread: plain matmul {t_plain * 1e3:.2f} ms"]
-    for tiles in [(512, 512), (128, 128)]:
-        G = effective_conductances(to_tiles(W, *tiles), PeripheryConfig(weight_bits=6),
-                                   mismatch_gains(to_tiles(W, *tiles).shape, 0.05, generator=g))
-        for name, cfg in [("converters, no noise", PeripheryConfig(dac_bits=7, adc_bits=9)),
-                          ("+ read noise", PeripheryConfig(dac_bits=7, adc_bits=9, read_noise=0.06)),
-                          ("everything on", full)]:
-            t = _best_time(lambda: analog_matmul(x, G, 1.0, cfg, 384, g))
-            lines.append(f"  {tiles} tiles, {name}: {t * 1e3:.2f} ms = {t / t_plain:.2f}x")
-    t_noise = _best_time(lambda: torch.empty(2048, 384).normal_(generator=g))
-    lines.append(f"  (one 2048x384 Gaussian draw alone: {t_noise * 1e3:.2f} ms = {t_noise / t_plain:.2f}x)")
-    print("\n".join(lines))
-    y = analog_matmul(x, G, 1.0, full, 384, g)
-    assert y.shape == (2048, 384) and torch.isfinite(y).all()
-
-
 def test_noise_bank_draws_are_unit_gaussian_and_uncorrelated_between_reads():
     from analog_ep.hardware.periphery import NoiseSource
 
@@ -264,14 +223,15 @@ def test_noise_bank_draws_are_unit_gaussian_and_uncorrelated_between_reads():
     src = NoiseSource(torch.Generator().manual_seed(5), bank_size=1 << 18)
     reads = torch.stack([src.gaussian(like).clone() for _ in range(200)])  # (read, N, out)
     flat = reads.reshape(200, -1)
+    # The bank is standardised (mean 0, variance 1 exactly), so what can fail is the shape of the
+    # distribution, and whether windows at random offsets act as independent draws.
     mean, std = float(flat.mean()), float(flat.std())
-    # Correlation of the same output position between consecutive reads.
-    a, b = flat[:-1].reshape(-1), flat[1:].reshape(-1)
+    a, b = flat[:-1].reshape(-1), flat[1:].reshape(-1)  # the same output position in consecutive reads
     corr = float(((a - a.mean()) * (b - b.mean())).mean() / (a.std() * b.std()))
-    kurt = float(((flat - mean) ** 4).mean() / std ** 4)
-    print(f"\nnoise bank: mean {mean:+.4f} std {std:.4f} kurtosis {kurt:.3f} lag-1 correlation {corr:+.4f}")
-    assert abs(mean) < 0.01 and abs(std - 1) < 0.01 and abs(kurt - 3) < 0.1 and abs(corr) < 0.01
+    kurt = float(((flat - mean) ** 4).mean() / std ** 4)  # a Gaussian's 3; a uniform bank's 1.8
+    print(f"\nnoise bank: kurtosis {kurt:.3f}, lag-1 correlation {corr:+.4f}")
+    assert abs(kurt - 3) < 0.1 and abs(corr) < 0.01
     again = NoiseSource(torch.Generator().manual_seed(5), bank_size=1 << 18)
     assert torch.equal(again.gaussian(like), reads[0])  # reproducible from the seed
-    fresh = NoiseSource(torch.Generator().manual_seed(5), bank_size=0).gaussian(like)
-    assert fresh.shape == like.shape and abs(float(fresh.std()) - 1) < 0.05
+    fresh = NoiseSource(torch.Generator().manual_seed(5), bank_size=0).gaussian(like)  # 16384 fresh draws
+    assert fresh.shape == like.shape and abs(float(fresh.mean())) < 0.04 and abs(float(fresh.std()) - 1) < 0.03

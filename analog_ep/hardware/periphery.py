@@ -99,6 +99,15 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def to_tiles(W: torch.Tensor, tile_rows: int, tile_cols: int) -> torch.Tensor:
+    """(in, out) -> the layout contract: zero-padded (n_row_tiles, n_col_tiles, tile_rows, tile_cols)."""
+    d, o = W.shape
+    R, C = -(-d // tile_rows), -(-o // tile_cols)
+    padded = W.new_zeros(R * tile_rows, C * tile_cols)
+    padded[:d, :o] = W
+    return padded.view(R, tile_rows, C, tile_cols).permute(0, 2, 1, 3).contiguous()
+
+
 def converter_step(bits: int, bound: float) -> float:
     """aihwkit's converter step: res = 1/(2**bits - 2) scaled by the range 2*bound."""
     return 2.0 * bound / (2 ** bits - 2)

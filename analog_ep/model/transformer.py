@@ -209,7 +209,7 @@ class EquilibriumTransformer(EquilibriumModel):
         q, k = self._heads(self.product(z, "W_q")), self._heads(self.product(z, "W_k"))
         scale = 1.0 / math.sqrt(self.head_dim)
         p = masked_softmax(self.config.lse_gamma * scale * (q @ k.transpose(-2, -1)), self.causal[:T, :T])
-        dq = (p @ k * scale).transpose(1, 2).reshape(B, T, C)  # dE/dq = -P K / sqrt(dh)
+        dq = (p @ k * scale).transpose(1, 2).reshape(B, T, C)  # dE/dq = -probs K / sqrt(dh)
         dk = (p.transpose(-2, -1) @ q * scale).transpose(1, 2).reshape(B, T, C)
         return self.product(dq, "W_q", transpose=True) + self.product(dk, "W_k", transpose=True)
 

@@ -22,6 +22,14 @@ from analog_ep.train.optim import (OptimizerConfig, ScheduleConfig, build_optimi
                                    clip_gradients)
 
 
+def digits_recipe() -> dict:
+    """The keyword arguments of `train_classifier` measured on the digits (README, bench/mlp_digits.py):
+    centred EP at beta 0.5 with T2 = 20 steps of eps 0.5 after T1 = 40, AdamW, 15 epochs of 32."""
+    return dict(relax_config=RelaxConfig(method="euler", eps=0.5, steps=40),
+                ep_config=EPConfig(beta=0.5, centered=True, steps=20, eps=0.5, aep="none"),
+                opt_config=OptimizerConfig(name="adamw", lr=1e-2, weight_decay=1e-4), epochs=15, batch_size=32, seed=0)
+
+
 class ClassificationData(Protocol):
     """What the trainer needs from a data set (`DigitsData` satisfies it)."""
 

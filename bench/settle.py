@@ -63,7 +63,8 @@ def main(argv=None) -> dict:
     # settle stalls above the target; the default rtol still gets there.
     sparse = run(model, x_in, CircuitConfig(tau=TAU, integrator="dopri5", dt=0.1 * TAU, rtol=args.rtol,
                                             atol=args.rtol * 1e-2), args.target, 10 * args.check)
-    report = {"target": args.target, "euler": euler, "exp_euler": exp_euler, "dopri5": dopri, "dopri5_checks_every_10_tau": sparse,
+    report = {"target": args.target, "euler": euler, "exp_euler": exp_euler, "dopri5": dopri,
+              "dopri5_checks_every_10_tau": sparse,
               "evals_ratio": euler["force_evals"] / dopri["force_evals"],
               "wall_ratio": euler["wall_s"] / dopri["wall_s"]}
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))

@@ -136,7 +136,8 @@ def test_analog_twin_on_a_circuit_reports_settles_energy_and_learns():
           f"({r.verdict}), energy {r.energy:.2e} J, latency {r.latency:.2e} s {cost}, pulses {r.pulses}")
     assert after < before - 0.1
     s = spec.settle
-    assert r.verdict == "fixed" and r.settle_time == pytest.approx(2 * 4e-8)  # free + nudged, the nudge points in parallel
+    # free + nudged settle one after another; the nudge points settle in parallel
+    assert r.verdict == "fixed" and r.settle_time == pytest.approx(2 * 4e-8)
     assert r.pulses > 0 and cost["write_j"] == pytest.approx(spec.energy.e_pulse * r.pulses)
     nodes = 16 * 16 * 32  # batch x context x width
     assert cost["adc_j"] == pytest.approx(spec.energy.e_adc * nodes * s.lockin * (1 + 2))  # free + 2 nudge copies

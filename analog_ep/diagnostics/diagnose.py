@@ -54,7 +54,8 @@ def diagnose(chip: str | None = None, checkpoint: str | None = None, twin: str |
 
     if chip is not None and checkpoint is not None:
         raise ConfigError("CHIP", chip, "given together with --checkpoint (a run's own configuration defines "
-                          "its chip)", "drop CHIP to diagnose the run, or --checkpoint to diagnose the chip as programmed")
+                          "its chip)",
+                          "drop CHIP to diagnose the run, or --checkpoint to diagnose the chip as programmed")
     state = None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)

@@ -23,7 +23,8 @@ import torch
 from aihwkit.simulator.tiles import AnalogTile
 
 from analog_ep.errors import check
-from analog_ep.hardware.device import DeviceConfig
+from analog_ep.hardware.cycle import CycleNoise
+from analog_ep.hardware.device import DeviceConfig, construction_seed
 from analog_ep.hardware.ledger import PulseLedger
 from analog_ep.hardware.periphery import (NoiseSource, PeripheryConfig, analog_matmul, effective_conductances,
                                           mismatch_gains)
@@ -32,6 +33,7 @@ from analog_ep.model.base import EquilibriumModel
 
 WRITES = ("sign_pulse", "quantized", "ideal")
 PROGRAMS = ("ideal", "verify")
+CYCLE_NOISE = ("seeded", "aihwkit")
 
 
 @dataclass
@@ -66,6 +68,11 @@ class ChipConfig:
     """Cap on pulses per device per step for 'quantized' writes and trust-ratio gains."""
     seed: int = 0
     """Chip seed: device-to-device variation and mismatch are drawn once from it."""
+    cycle_noise: str = "seeded"
+    """Where the devices' cycle-to-cycle noise (dw_min_std) and write noise (write_noise_std) are
+    drawn: 'seeded' (from a generator seeded by `seed`, with aihwkit's statistics: a run re-runs
+    and resumes bit for bit; see analog_ep.hardware.cycle) or 'aihwkit' (aihwkit's own C++
+    generator, seeded from the clock: every run differs)."""
 
     def __post_init__(self):
         if isinstance(self.device, dict):
@@ -75,15 +82,17 @@ class ChipConfig:
         check(self.write in WRITES, "write", self.write, "unknown write scheme", f"use one of {', '.join(WRITES)}")
         check(self.program in PROGRAMS, "program", self.program, "unknown programming",
               f"use one of {', '.join(PROGRAMS)}")
-        check(self.tile_rows >= 1 and self.tile_cols >= 1, "tile_rows", (self.tile_rows, self.tile_cols),
-              "tile sizes must be >= 1")
+        for key in ("tile_rows", "tile_cols"):
+            check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1", "e.g. 512 (a 512x512 array)")
         check(self.range_factor > 0, "range_factor", self.range_factor, "must be > 0")
         check(self.max_pulses >= 1, "max_pulses", self.max_pulses, "must be >= 1")
+        check(self.cycle_noise in CYCLE_NOISE, "cycle_noise", self.cycle_noise, "unknown noise source",
+              f"use one of {', '.join(CYCLE_NOISE)}")
 
 
 def device_bounds(device: DeviceConfig) -> tuple[float, float]:
     """Typical (w_min, w_max) a cell can hold, measured by writing far out of range and reading back."""
-    tile = AnalogTile(64, 64, device.rpu_config(12345))
+    tile = AnalogTile(64, 64, device.rpu_config(12345, seeded_noise=True))  # noiseless: bounds only
     tile.set_weights(torch.full((64, 64), 1e3))
     hi = float(tile.get_weights()[0].median())
     tile.set_weights(torch.full((64, 64), -1e3))
@@ -110,11 +119,14 @@ class AnalogChip:
         self._shared: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self._GT: dict[str, torch.Tensor] = {}  # transposed conductances for column reads
         gen = torch.Generator().manual_seed(config.seed)
+        self.cycle_generator = torch.Generator().manual_seed(construction_seed(config.seed, "cycle noise", (0, 0)))
+        self.cycle_noise = CycleNoise(config.device.device(0), config.device.differential, self.cycle_generator) \
+            if config.cycle_noise == "seeded" else None
         for name in self._selected(model, config):
             W = model.get_parameter(name).detach().float()
             scale = config.range_factor * float(W.abs().max().clamp_min(1e-8)) / usable
             arr = CrossbarArray(name, tuple(W.shape), config.device, config.tile_rows, config.tile_cols,
-                                config.seed, scale, self.ledger)
+                                config.seed, scale, self.ledger, self.cycle_noise)
             if config.program == "verify":
                 self.reports[name] = arr.program(W, config.program_tolerance, config.program_rounds)
             else:
@@ -245,3 +257,19 @@ class AnalogChip:
     @property
     def pulses(self) -> int:
         return sum(arr.pulses for arr in self.arrays.values())
+
+    # ---- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The chip's whole mutable state: every array's devices, the read-noise and cycle-noise
+        generators, and the ledger's length (the ledger itself is saved in run.h5). The static
+        draws (device-to-device variation, mismatch gains, the noise bank) follow from the seed."""
+        return {"arrays": {n: a.state_dict() for n, a in self.arrays.items()},
+                "read_noise": self.noise.state_dict(), "cycle_generator": self.cycle_generator.get_state(),
+                "ledger_rounds": len(self.ledger)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, arr in self.arrays.items():
+            arr.load_state_dict(state["arrays"][name])
+        self.noise.load_state_dict(state["read_noise"])
+        self.cycle_generator.set_state(state["cycle_generator"])
+        self.refresh()

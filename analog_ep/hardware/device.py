@@ -75,6 +75,9 @@ class DeviceConfig:
             check(key in known, f"overrides.{key}", value, f"not a parameter of {self.model}",
                   _did_you_mean(key, sorted(known)))
             self.overrides[key] = _typed(key, value, getattr(defaults, key))
+            if key.endswith(("_std", "_dtod")):  # spreads: aihwkit would silently use |value|
+                check(self.overrides[key] >= 0, f"overrides.{key}", value, "must be >= 0 (a standard deviation)",
+                      "use 0 for no variation")
 
     def device(self, construction_seed: int):
         """The aihwkit device with overrides and a construction seed (device-to-device draw)."""
@@ -95,11 +98,22 @@ class DeviceConfig:
         dev = self.device(0)
         return float(dev.w_min), float(dev.w_max)
 
-    def rpu_config(self, construction_seed: int):
-        """aihwkit config for one tile: one pulse per device per update round."""
+    def rpu_config(self, construction_seed: int, seeded_noise: bool = False):
+        """aihwkit config for one tile: one pulse per device per update round.
+
+        `seeded_noise`: build the devices without cycle-to-cycle and write noise, which
+        `analog_ep.hardware.cycle.CycleNoise` then realises from a seeded generator.
+        """
         dev = self.device(construction_seed)
+        if seeded_noise:
+            dev.dw_min_std = 0.0
+            if hasattr(dev, "write_noise_std"):
+                dev.write_noise_std = 0.0
         if self.differential:
-            cfg = UnitCellRPUConfig(device=OneSidedUnitCell(unit_cell_devices=[dev]))
+            # aihwkit seeds a tile's construction from the top-level device only: a pair needs
+            # the seed on the unit cell, else its device-to-device draw changes with every build
+            cfg = UnitCellRPUConfig(device=OneSidedUnitCell(unit_cell_devices=[dev],
+                                                            construction_seed=construction_seed))
         else:
             cfg = SingleRPUConfig(device=dev)
         cfg.update.pulse_type = PulseType.DETERMINISTIC_IMPLICIT
@@ -130,7 +144,7 @@ def _typed(key: str, value, default):
 def construction_seed(chip_seed: int, array: str, tile: tuple[int, int]) -> int:
     """A stable 31-bit seed per (chip, matrix, tile): same chip -> same device draw."""
     digest = hashlib.sha256(f"{chip_seed}/{array}/{tile[0]},{tile[1]}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+    return (int.from_bytes(digest[:4], "little") & 0x7FFFFFFF) or 1  # aihwkit reads 0 as "seed from the clock"
 
 
 def _did_you_mean(key: str, options) -> str:

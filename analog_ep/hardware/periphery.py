@@ -78,9 +78,10 @@ class PeripheryConfig:
         for key in ("dac_bits", "adc_bits"):
             bits = getattr(self, key)
             check(_is_int(bits) and (bits == 0 or 2 <= bits <= 32), key, bits,
-                  "must be 0 (ideal) or an integer in [2, 32]", "a 1-bit converter has no step: 2*bound/(2**1-2)")
+                  "must be 0 (ideal) or an integer in [2, 32]",
+                  "use 0 for an ideal converter, or 2 to 32 bits; 1 bit has no step: 2*bound/(2**1-2)")
         check(_is_int(self.weight_bits) and 0 <= self.weight_bits <= 32, "weight_bits", self.weight_bits,
-              "must be 0 (analog) or an integer in [1, 32]")
+              "must be 0 (analog) or an integer in [1, 32]", "use 0 for a continuum of levels, or 1 to 32 bits")
         for key in ("dac_bound", "adc_bound"):
             bound = getattr(self, key)
             check(bound > 0 and bound != float("inf"), key, bound, "must be finite and > 0",
@@ -191,26 +192,54 @@ class NoiseSource:
 
     Drawing Gaussians is the dominant cost of a noisy read on CPU (torch's sampler costs ~0.8 of a
     matmul of the same output size). The bank (`bank_size` samples, standardised to mean 0 and
-    variance 1 exactly) is drawn once; each read takes a contiguous window at a uniformly random
-    offset. Within a read all samples are distinct draws; a given output meets the same sample in
-    two reads with probability 1/bank_size. `bank_size` 0 (or a read larger than half the bank)
-    draws fresh samples instead.
+    variance 1 exactly) is drawn once, from its own generator seeded with `generator`'s initial
+    seed, so it depends on the seed alone and not on when it is first needed; each read takes a
+    contiguous window at a uniformly random offset drawn from `generator`. Within a read all
+    samples are distinct draws; a given output meets the same sample in two reads with
+    probability 1/bank_size. `bank_size` 0 (or a read larger than half the bank) draws fresh
+    samples from `generator` instead.
+
+    The source's whole state is `generator`'s (`state_dict`); `fork(generator)` gives a source
+    that shares the bank but draws from another generator (evaluation reads, which must not move
+    the training stream).
     """
 
-    def __init__(self, generator: torch.Generator, bank_size: int = 1 << 22):
+    def __init__(self, generator: torch.Generator, bank_size: int = 1 << 22, bank: "_Bank | None" = None):
         self.generator, self.bank_size = generator, bank_size
-        self._bank: torch.Tensor | None = None
+        self._bank = bank if bank is not None else _Bank(bank_size, generator.initial_seed())
 
     def gaussian(self, like: torch.Tensor) -> torch.Tensor:
         n = like.numel()
         if self.bank_size <= 0 or n > self.bank_size // 2 or like.device.type != "cpu":
             return _fresh_gaussian(like, self.generator)
-        if self._bank is None:
-            bank = torch.empty(self.bank_size).normal_(generator=self.generator).double()
-            self._bank = ((bank - bank.mean()) / bank.std()).float()
+        bank = self._bank.samples()
         offset = int(torch.randint(0, self.bank_size - n + 1, (1,), generator=self.generator))
-        window = self._bank[offset: offset + n].view(like.shape)
+        window = bank[offset: offset + n].view(like.shape)
         return window if like.dtype == torch.float32 else window.to(like.dtype)
+
+    def fork(self, generator: torch.Generator) -> "NoiseSource":
+        """A source sharing this one's bank, drawing offsets (and fresh samples) from `generator`."""
+        return NoiseSource(generator, self.bank_size, self._bank)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class _Bank:
+    """`size` standardised N(0, 1) samples drawn on first use from a generator seeded with `seed`."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
+        self._samples: torch.Tensor | None = None
+
+    def samples(self) -> torch.Tensor:
+        if self._samples is None:
+            bank = torch.empty(self.size).normal_(generator=torch.Generator().manual_seed(self.seed)).double()
+            self._samples = ((bank - bank.mean()) / bank.std()).float()
+        return self._samples
 
 
 def _gaussian(like: torch.Tensor, noise: "NoiseSource | torch.Generator | None") -> torch.Tensor:

@@ -8,7 +8,9 @@ holding its block transposed, (out, in), in tile weight units; model units = `sc
 Reads return the conductances as a zero-padded (n_row_tiles, n_col_tiles, tile_rows, tile_cols)
 tensor, the layout the vectorised periphery (`periphery.analog_matmul`) works on. Writes are
 pulse rounds: a sign matrix S in {-1, 0, +1} of W's shape sends one pulse to each device with
-S != 0 through aihwkit, so the device model decides the realised change.
+S != 0 through aihwkit, so the device model decides the realised change. With a `CycleNoise`
+the devices' cycle-to-cycle and write noise come from its seeded generator (see
+`analog_ep.hardware.cycle`), so the array's whole state is `state_dict()`.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from aihwkit.simulator.tiles import AnalogTile
 
 from analog_ep.errors import check
+from analog_ep.hardware.cycle import CycleNoise
 from analog_ep.hardware.device import DeviceConfig, construction_seed
 from analog_ep.hardware.ledger import PulseLedger
 
@@ -44,19 +47,27 @@ class CrossbarArray:
 
     def __init__(self, name: str, shape: tuple[int, int], device: DeviceConfig, tile_rows: int = 512,
                  tile_cols: int = 512, chip_seed: int = 0, scale: float = 1.0,
-                 ledger: PulseLedger | None = None):
+                 ledger: PulseLedger | None = None, noise: CycleNoise | None = None):
+        """`noise`: the seeded cycle-to-cycle and write noise (None: aihwkit's own, unseeded)."""
         check(tile_rows >= 1 and tile_cols >= 1, "tile_size", (tile_rows, tile_cols), "must be >= 1")
         self.name, self.shape, self.device = name, tuple(shape), device
         self.tile_rows, self.tile_cols, self.scale, self.ledger = tile_rows, tile_cols, scale, ledger
         rows, cols = self.shape
         self.grid = (math.ceil(rows / tile_rows), math.ceil(cols / tile_cols))
+        self.noise = noise if noise is not None and noise.active else None
         self.tiles: dict[tuple[int, int], AnalogTile] = {}
+        self._nominal: dict[tuple[int, int], torch.Tensor] = {}  # hidden parameters as built
+        self._offsets: dict[tuple[int, int], torch.Tensor | None] = {}  # visible write noise (out, in)
         for r in range(self.grid[0]):
             for c in range(self.grid[1]):
                 (r0, r1), (c0, c1) = self._span(r, c)
-                tile = AnalogTile(c1 - c0, r1 - r0, device.rpu_config(construction_seed(chip_seed, name, (r, c))))
+                seed = construction_seed(chip_seed, name, (r, c))
+                tile = AnalogTile(c1 - c0, r1 - r0, device.rpu_config(seed, seeded_noise=noise is not None))
                 tile.set_learning_rate(_SATURATING_LR)
                 self.tiles[(r, c)] = tile
+                if self.noise is not None:
+                    self._nominal[(r, c)] = tile.tile.get_hidden_parameters().clone()
+                self._offsets[(r, c)] = None
         self.pulses = 0
 
     def _span(self, r: int, c: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -70,7 +81,8 @@ class CrossbarArray:
         G = torch.zeros(*self.grid, self.tile_rows, self.tile_cols)
         for (r, c), tile in self.tiles.items():
             w, _ = tile.get_weights()  # (out, in) block
-            G[r, c, : w.shape[1], : w.shape[0]] = w.t()
+            offset = self._offsets[(r, c)]
+            G[r, c, : w.shape[1], : w.shape[0]] = (w if offset is None else w + offset).t()
         return G
 
     def read(self) -> torch.Tensor:
@@ -89,6 +101,8 @@ class CrossbarArray:
         for (r, c), tile in self.tiles.items():
             (r0, r1), (c0, c1) = self._span(r, c)
             tile.set_weights((W[r0:r1, c0:c1] / self.scale).t().contiguous().float())
+            if self.noise is not None:
+                self._offsets[(r, c)] = self.noise.offset_after_set((c1 - c0, r1 - r0))
 
     def pulse(self, signs: torch.Tensor, step: int = 0, phase: str = "train") -> int:
         """One round: a pulse to every device where signs (in, out) is +-1. Returns pulses sent."""
@@ -99,9 +113,13 @@ class CrossbarArray:
             count = int(block.count_nonzero())
             if count == 0:
                 continue
+            if self.noise is not None:  # this round's cycle-to-cycle factors, from our generator
+                self.noise.before_round(tile, self._nominal[(r, c)])
             # update(x, d) applies W_tile -= lr * d^T x; with x = I and d = -block that is one
             # pulse per nonzero entry, in the direction of its sign.
             tile.update(torch.eye(r1 - r0), -block.float())
+            if self.noise is not None:
+                self._offsets[(r, c)] = self.noise.offset_after_round(self._offsets[(r, c)], block)
             if self.ledger is not None:
                 self.ledger.record(step, self.name, (r, c), block.to(torch.int8), phase=phase)
             sent += count
@@ -135,3 +153,24 @@ class CrossbarArray:
             rounds += 1
             error = target - self.read()
         return ProgramReport(sent, rounds, float(error.abs().max()))
+
+    # ---- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything the devices hold, per tile: the visible weights, aihwkit's hidden parameters
+        (both conductances of a differential pair, each device's step sizes and bounds), its
+        counters (`dump_extra`), the write-noise offsets, and the pulse count. A matrix read with
+        `read()` is not enough: a pair's split and the float rounding of W / scale would be lost."""
+        return {"pulses": self.pulses,
+                "tiles": {rc: {"weights": t.tile.get_weights().clone(),
+                               "hidden": t.tile.get_hidden_parameters().clone(),
+                               "extra": t.tile.dump_extra(), "offset": self._offsets[rc]}
+                          for rc, t in self.tiles.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pulses = state["pulses"]
+        for rc, tile in self.tiles.items():
+            saved = state["tiles"][rc]
+            tile.tile.set_weights(saved["weights"])
+            tile.tile.set_hidden_parameters(saved["hidden"])  # after the weights: restores a pair's split
+            tile.tile.load_extra(saved["extra"], True)
+            self._offsets[rc] = saved["offset"]

@@ -106,7 +106,7 @@ def _coerce(value, hint, key: str, source: str):
                 return _coerce(value, arg, key, source)
             except ConfigError:
                 continue
-        raise ConfigError(key, value, f"expected {hint}", "fix the value's type", source)
+        raise ConfigError(key, value, f"expected {_type_name(hint)}", "fix the value's type", source)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, value, "expected a list", "write it as [a, b, ...]", source)
@@ -116,11 +116,11 @@ def _coerce(value, hint, key: str, source: str):
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(key, value, "expected true or false", "", source)
+        raise ConfigError(key, value, "expected true or false", "write true or false, unquoted", source)
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(key, value, "expected an integer", "", source)
+        raise ConfigError(key, value, "expected an integer", "write a whole number, e.g. 64", source)
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -129,7 +129,7 @@ def _coerce(value, hint, key: str, source: str):
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(key, value, "expected a number", "", source)
+        raise ConfigError(key, value, "expected a number", "write a number, e.g. 1.0e-3", source)
     if hint is str:
         if isinstance(value, str):
             return value
@@ -137,10 +137,18 @@ def _coerce(value, hint, key: str, source: str):
     return value
 
 
+def _type_name(hint) -> str:
+    """A type hint in words, for messages."""
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    args = typing.get_args(hint) or (hint,)
+    return " or ".join(names.get(a, getattr(a, "__name__", str(a))) for a in args)
+
+
 def merge(obj, data: dict, source: str, prefix: str = ""):
     """Return a copy of dataclass `obj` with the mapping `data` applied (validated, recursive)."""
     if not isinstance(data, dict):
-        raise ConfigError(prefix.rstrip(".") or "<root>", data, "expected a mapping of keys", "", source)
+        raise ConfigError(prefix.rstrip(".") or "<root>", data, "expected a mapping of keys",
+                          "write `key: value` lines under it, e.g. model: {width: 64}", source)
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in fields(obj)]
     changes = {}
@@ -184,22 +192,53 @@ def parse_override(text: str) -> dict:
 LIBRARIES = {"device": "devices", "circuit": "circuits"}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise _DuplicateKey(key, key_node.start_mark.line + 1, seen[key])
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, line: int, first: int):
+        self.key, self.line, self.first = key, line, first
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_yaml(path: str | Path, what: str = "config file") -> dict:
     """A YAML mapping from a file, or a one-line ConfigError naming the file."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(what, str(path), "not found", "check the path")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError as err:
         raise ConfigError("encoding", f"byte {err.start}", "the file is not UTF-8 text",
                           "save it as UTF-8", str(path)) from None
+    except _DuplicateKey as err:
+        raise ConfigError(str(err.key), f"line {err.line}", f"given twice (first at line {err.first})",
+                          "keep one of them", str(path)) from None
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
+        if line is None and isinstance(err, yaml.reader.ReaderError):  # a control character: position only
+            line = p.read_text(encoding="utf-8")[: err.position].count("\n")
         where = f" at line {line + 1}" if line is not None else ""
         raise ConfigError("yaml", str(path), f"not valid YAML{where}", "fix the syntax", str(path)) from None
+    if data is None:
+        raise ConfigError("<root>", "", f"the {what} is empty", "write at least its sections (e.g. "
+                          "uses: {device: reram_sb, circuit: rc_crossbar}), or omit it for the defaults", str(path))
     if not isinstance(data, dict):
-        raise ConfigError("<root>", type(data).__name__, "expected a mapping of sections", "", str(path))
+        raise ConfigError("<root>", type(data).__name__, "expected a mapping of sections",
+                          "write `section: {key: value}` lines at the top level", str(path))
     return data
 
 

@@ -66,9 +66,10 @@ class SettleConfig:
             self.monitor = MonitorConfig(**self.monitor)
         check(self.time >= 0, "time", self.time, "must be >= 0 (0: monitored settle)")
         check(self.cap > 0 and self.check_every > 0, "cap", self.cap, "cap and check_every must be > 0")
-        check(self.adc_bits == 0 or 2 <= self.adc_bits <= 32, "adc_bits", self.adc_bits, "must be 0 or 2..32")
+        check(self.adc_bits == 0 or 2 <= self.adc_bits <= 32, "adc_bits", self.adc_bits, "must be 0 or 2..32",
+              "use 0 for ideal sampling, or 2 to 32 bits")
         check(self.adc_range > 0, "adc_range", self.adc_range, "must be > 0")
-        check(self.adc_noise >= 0, "adc_noise", self.adc_noise, "must be >= 0")
+        check(self.adc_noise >= 0, "adc_noise", self.adc_noise, "must be >= 0 (a standard deviation)", "use 0 for none")
         check(self.lockin >= 1, "lockin", self.lockin, "must be >= 1")
         check(self.lockin_interval > 0, "lockin_interval", self.lockin_interval, "must be > 0")
 

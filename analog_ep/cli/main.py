@@ -1,13 +1,15 @@
 """Command line: `analog-ep run | validate | list | diagnose`.
 
-Any `AnalogEPError` (bad config, bad file, failed convergence) prints one line and exits with 2;
-existing results are never overwritten.
+Bad input (any `AnalogEPError` before a run starts, a malformed command line) prints one line,
+`analog-ep: error: ...`, and exits with 2; existing results are never overwritten. `run` ends
+with its status line on stderr and the status's exit code (`analog_ep.run.status`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -26,21 +28,26 @@ def _overrides(args) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from analog_ep.run.loop import check_out_dir, config_from_state, run_job
+    from analog_ep.run.loop import check_out_dir, resume_config, run_job
+    from analog_ep.run.status import EXIT_CODES, one_line, status_line
 
     out = Path(args.out)
     check_out_dir(out, args.resume)
     if args.resume:  # the run's own resolved config; --steps may extend it
-        cfg = config_from_state(out)
-        for text in _overrides(args):
-            cfg = merge(cfg, parse_override(text), "--set")
-        cfg = cfg.resolve()
+        cfg = resume_config(out, _overrides(args), args.chip)
     else:
         cfg = load_config(args.chip, _overrides(args))
-    out.mkdir(parents=True, exist_ok=True)
-    summary = run_job(cfg, out, resume=args.resume, progress=not args.quiet, stop_after=args.stop_after)
+    try:
+        summary = run_job(cfg, out, resume=args.resume, progress=not args.quiet, stop_after=args.stop_after)
+    except AnalogEPError:
+        raise  # bad input: nothing was started (after the start run_job returns a failed status)
+    except Exception as err:  # a bug: its traceback, then the status line last
+        traceback.print_exc()
+        print(status_line("failed", one_line(f"{type(err).__name__}: {err}")), file=sys.stderr)
+        return EXIT_CODES["failed"]
     print(json.dumps(summary))
-    return 0
+    print(status_line(summary["status"], summary["reason"]), file=sys.stderr)
+    return EXIT_CODES[summary["status"]]
 
 
 def cmd_validate(args) -> int:
@@ -121,31 +128,59 @@ def cmd_diagnose(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        message = message.removeprefix("argument ")
+        flag, sep, rest = message.partition(": ")
+        text = f"{flag}={rest}" if sep and flag.startswith("-") and rest.startswith("'") else message
+        if "(" not in text:
+            text += f" (see {self.prog} --help)"
+        self.exit(2, f"analog-ep: error: {text}\n")
+
+
+def _count(flag: str, example: int):
+    """An argparse type: a whole number >= 1, refused in the package's one-line form."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number (e.g. {flag} {example})") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be >= 1 (e.g. {flag} {example})")
+        return value
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="analog-ep", description="Equilibrium Propagation on simulated "
-                                 "analog hardware, beside an exact digital twin.")
+    ap = _Parser(prog="analog-ep", description="Equilibrium Propagation on simulated "
+                 "analog hardware, beside an exact digital twin.")
     ap.add_argument("--version", action="version", version=f"analog-ep {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="train the twins side by side and write a run directory")
+    run = sub.add_parser("run", help="train the twins side by side and write a run directory",
+                         epilog="exit codes: 0 completed, 1 failed, 2 bad input, 3 diverged, 130 interrupted "
+                                "(the last stderr line says which)")
     run.add_argument("chip", nargs="?", help="chip file, e.g. chips/rram_512.yaml (default: built-in defaults)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.steps=100")
-    run.add_argument("--steps", type=int, help="shorthand for --set train.steps=N")
+    run.add_argument("--steps", type=_count("--steps", 100), help="shorthand for --set train.steps=N")
     run.add_argument("--out", default="runs/default", help="run directory (new or empty; or the one to --resume)")
     run.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    run.add_argument("--stop-after", type=int, metavar="N", help="stop cleanly after step N (resume later)")
+    run.add_argument("--stop-after", type=_count("--stop-after", 50), metavar="N",
+                     help="stop cleanly after step N (status interrupted; resume later)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, parser=run)
 
     val = sub.add_parser("validate", help="check a chip file (and the device and circuit it uses)")
     val.add_argument("chip")
     val.add_argument("--set", action="append", metavar="KEY=VALUE")
     val.add_argument("--show", action="store_true", help="print the fully resolved configuration")
-    val.set_defaults(func=cmd_validate)
+    val.set_defaults(func=cmd_validate, parser=val)
 
     lst = sub.add_parser("list", help="the shipped devices, circuits or chips")
     lst.add_argument("kind", choices=["devices", "circuits", "chips"])
-    lst.set_defaults(func=cmd_list)
+    lst.set_defaults(func=cmd_list, parser=lst)
 
     diag = sub.add_parser("diagnose", help="residual, cos(EP, BPTT) per group, leading eigenvalues")
     diag.add_argument("chip", nargs="?", help="chip file (default: the built-in default model)")
@@ -153,14 +188,17 @@ def parser() -> argparse.ArgumentParser:
     diag.add_argument("--twin", default="digital", choices=["digital", "analog", "bptt"],
                       help="which twin's operator (analog: as held by the tiles)")
     diag.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. relax.steps=200")
-    diag.add_argument("--batch", type=int, default=4, help="validation sequences probed (default 4)")
+    diag.add_argument("--batch", type=_count("--batch", 4), default=4, help="validation sequences probed (default 4)")
     diag.add_argument("--json", action="store_true", help="one JSON object")
-    diag.set_defaults(func=cmd_diagnose)
+    diag.set_defaults(func=cmd_diagnose, parser=diag)
     return ap
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser, so the hint names its --help
+        getattr(args, "parser", ap).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except AnalogEPError as err:

@@ -84,7 +84,7 @@ class TransformerConfig:
               "use float32 or float64")
         check(self.mode in MODES, "mode", self.mode, "unknown force mode", f"use one of {', '.join(MODES)}")
         for key in ("vocab_size", "context", "width", "heads", "memory", "ffn_mult"):
-            check(getattr(self, key) >= 1, key, getattr(self, key), "must be a positive integer")
+            check(getattr(self, key) >= 1, key, getattr(self, key), "must be a positive integer", "use an integer >= 1")
         check(self.width % self.heads == 0, "heads", self.heads, f"must divide width={self.width}",
               "pick heads so that width/heads is an integer")
         check(self.damping >= 0, "damping", self.damping, "must be >= 0")

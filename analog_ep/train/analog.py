@@ -28,6 +28,9 @@ from analog_ep.model.base import EquilibriumModel
 from analog_ep.train.optim import Lion
 from analog_ep.train.twin import DigitalTwin, StepRecord
 
+#: Offset of the evaluation generators' seed from the twin's (see `AnalogTwin.evaluate`).
+EVALUATION_SEED = 0x5EED_E7A1
+
 
 class AnalogTwin(DigitalTwin):
     """A `DigitalTwin` whose model's weight matrices live on an `AnalogChip`.
@@ -81,16 +84,29 @@ class AnalogTwin(DigitalTwin):
 
     @torch.no_grad()
     def evaluate(self, batches) -> float:
-        """Mean loss at the sampled free state of each batch (the circuit's own settles when set)."""
-        if self.circuit is None:
-            return super().evaluate(batches)
-        total = 0.0
-        for x, y in batches:
-            x_in = self.model.drive(x)
-            term = CircuitTerm(lambda z: self.model.force(z, x_in), self.circuit)
-            free = settle(term, term.initial(self.model.initial_state(x_in)), self.settle_config, self.generator)
-            total += float(self.model.loss(free.sample, y))
-        return total / len(batches)
+        """Mean loss at the sampled free state of each batch (the circuit's own settles when set).
+
+        Evaluation draws its read noise and circuit noise from generators of its own, seeded
+        afresh for every evaluation from the twin's seed: it never moves the training streams (so
+        how often a run evaluates leaves training bit-identical), and every evaluation sees the
+        same noise realisation (a function of the weights alone, like the fixed batches).
+        """
+        seed = self.generator.initial_seed() + EVALUATION_SEED
+        training_noise = self.chip.noise
+        self.chip.noise = training_noise.fork(torch.Generator().manual_seed(seed))
+        try:
+            if self.circuit is None:
+                return super().evaluate(batches)
+            generator = torch.Generator().manual_seed(seed + 1)
+            total = 0.0
+            for x, y in batches:
+                x_in = self.model.drive(x)
+                term = CircuitTerm(lambda z: self.model.force(z, x_in), self.circuit)
+                free = settle(term, term.initial(self.model.initial_state(x_in)), self.settle_config, generator)
+                total += float(self.model.loss(free.sample, y))
+            return total / len(batches)
+        finally:
+            self.chip.noise = training_noise
 
     def _update(self) -> None:
         """Write the loaded gradients' update: the held matrices through the chip, the rest digitally."""
@@ -117,19 +133,15 @@ class AnalogTwin(DigitalTwin):
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """The digital state plus what the tiles hold (conductances in model units).
-
-        Device-to-device variation is rebuilt from the chip seed; the cycle-to-cycle noise of the
-        pulses after a resume is a fresh draw (aihwkit keeps its device RNG internal).
-        """
+        """The digital state plus the chip's (`AnalogChip.state_dict`: every device's state and
+        step sizes, the read-noise and cycle-noise generators). Device-to-device variation and
+        mismatch are rebuilt from the chip seed. With `chip.cycle_noise: seeded` a resumed twin
+        continues bit for bit; with 'aihwkit' its later cycle noise is a fresh draw."""
         state = super().state_dict()
-        state["tiles"] = {n: a.read() for n, a in self.chip.arrays.items()}
-        state["pulses"] = self.chip.pulses
+        state["chip"] = self.chip.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        for name, weights in state["tiles"].items():
-            self.chip.arrays[name].set(weights)
-        self.chip.refresh()
+        self.chip.load_state_dict(state["chip"])
 

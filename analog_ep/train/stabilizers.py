@@ -9,8 +9,11 @@ stack, as composable pieces:
 * resreg - the T1-residual penalty ||eps F(z_T1)||^2 / ||z_T1||^2, scaled to a fraction of the task
   gradient's norm and ramped in by the residual (it defends the state evaluation actually uses);
 * eigreg - a one-sided penalty on the numerical abscissa of J_nc above a margin;
-* a validity gate (skip the task gradient above a residual), an abort fuse (stop after N
-  consecutive steps above a residual), spectral-norm projection and weight-norm caps.
+* a validity gate (skip the task gradient above a residual), spectral-norm projection and
+  weight-norm caps;
+* divergence detection (`DivergenceMonitor`): a non-finite loss, gradient or state; a loss above
+  a multiple of the initial one for a patience window; the residual above the abort fuse for its
+  patience. A run stops a diverged twin and says why (`analog_ep.run`).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from analog_ep.errors import AnalogEPError, check
+from analog_ep.errors import check
 from analog_ep.model.base import EquilibriumModel
 
 
@@ -54,9 +57,17 @@ class StabilizerConfig:
     gate: float = 0.0
     """Validity gate: above this residual skip the task gradient and apply only jacreg (0: off)."""
     abort_residual: float = 0.1
-    """Abort fuse: residual that counts as lost containment (0: off)."""
-    abort_patience: int = 100
-    """Abort after this many consecutive steps above `abort_residual`."""
+    """Abort fuse: a free-phase residual above this counts as lost containment (0: off). 0.1 is
+    20x the noisiest shipped chip's floor (5e-3): EP's estimate is meaningless there."""
+    abort_patience: int = 20
+    """The twin has diverged after this many consecutive steps above `abort_residual` (the
+    research trainer's 100 is longer than most runs; a Hopf limit cycle does not recover)."""
+    diverge_loss_factor: float = 10.0
+    """A training loss above this multiple of the twin's initial validation loss (at step 0) counts
+    toward divergence (0: off). 10x an untrained model's loss is far beyond any learning curve."""
+    diverge_patience: int = 10
+    """The twin has diverged after this many consecutive steps above `diverge_loss_factor` x the
+    initial loss. (A non-finite loss, gradient or state is divergence at once.)"""
     spectral_bound: float = 0.0
     """Project attention/FFN weights so their largest singular value <= this after each step (0: off)."""
     weight_cap: float = 3.0
@@ -70,16 +81,17 @@ class StabilizerConfig:
     def __post_init__(self):
         for key in ("jacreg", "jacreg_max", "resreg", "eigreg", "gate", "abort_residual", "spectral_bound",
                     "weight_cap", "residual_ema"):
-            check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0")
+            check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0", "use 0 for off")
         check(self.residual_target > 0, "residual_target", self.residual_target, "must be > 0")
         check(0 <= self.residual_ema < 1, "residual_ema", self.residual_ema, "must be in [0, 1)")
-        check(self.abort_patience >= 1, "abort_patience", self.abort_patience, "must be >= 1")
+        check(self.abort_patience >= 1, "abort_patience", self.abort_patience, "must be >= 1",
+              "e.g. 20 steps")
+        check(self.diverge_loss_factor == 0 or self.diverge_loss_factor > 1, "diverge_loss_factor",
+              self.diverge_loss_factor, "must be > 1 (a multiple of the initial loss)", "e.g. 10, or 0 for off")
+        check(self.diverge_patience >= 1, "diverge_patience", self.diverge_patience, "must be >= 1",
+              "e.g. 10 steps")
         check(self.resreg_full > self.resreg_onset, "resreg_full", self.resreg_full,
               f"must exceed resreg_onset={self.resreg_onset}")
-
-
-class AbortTraining(AnalogEPError):
-    """The abort fuse tripped: the relaxation lost containment and did not recover."""
 
 
 def _jacobian_products_with_params(model: EquilibriumModel, x_in: torch.Tensor, z: torch.Tensor):
@@ -182,19 +194,54 @@ class JacobianController:
         self.weight, self.residual_smoothed = state["weight"], state["residual_smoothed"]
 
 
-class AbortFuse:
-    """Counts consecutive steps above the abort residual and trips after `patience` of them."""
+class DivergenceMonitor:
+    """Watches one twin's steps and says when, and why, it has diverged.
+
+    `start(initial_loss)` sets the reference (the twin's validation loss before training); then
+    `update(loss, residual, grad_norm, step)` after every step returns None, or a one-line reason
+    once the twin has diverged:
+
+    * a non-finite training loss, gradient norm or free state (its residual): at once;
+    * a training loss above `diverge_loss_factor` x the initial loss for `diverge_patience`
+      consecutive steps;
+    * a residual above `abort_residual` (the abort fuse) for `abort_patience` consecutive steps.
+    """
 
     def __init__(self, config: StabilizerConfig):
-        self.threshold, self.patience, self.count = config.abort_residual, config.abort_patience, 0
+        self.config = config
+        self.initial_loss: float | None = None
+        self.loss_steps = 0  # consecutive steps above the loss threshold
+        self.residual_steps = 0  # consecutive steps above the abort residual
 
-    def update(self, residual: float, step: int) -> None:
-        if self.threshold <= 0:
-            return
-        self.count = self.count + 1 if residual > self.threshold else 0
-        if self.count >= self.patience:
-            raise AbortTraining(f"step {step}: residual above {self.threshold:g} for {self.count} consecutive "
-                                "steps: the relaxation lost containment (raise jacreg or lower the learning rate)")
+    def start(self, initial_loss: float) -> None:
+        self.initial_loss = float(initial_loss)
+
+    def update(self, loss: float, residual: float, grad_norm: float, step: int) -> str | None:
+        cfg = self.config
+        for what, value in (("training loss", loss), ("gradient norm", grad_norm), ("free-state residual", residual)):
+            if not math.isfinite(value):
+                return f"step {step}: non-finite {what} ({value})"
+        if self.initial_loss is None:  # no validation before training: the first loss is the reference
+            self.initial_loss = loss
+        limit = cfg.diverge_loss_factor * self.initial_loss
+        self.loss_steps = self.loss_steps + 1 if cfg.diverge_loss_factor > 0 and loss > limit else 0
+        if self.loss_steps >= cfg.diverge_patience:
+            return (f"step {step}: loss {loss:.3g} > {cfg.diverge_loss_factor:g} x initial {self.initial_loss:.3g} "
+                    f"for {self.loss_steps} steps")
+        over = cfg.abort_residual > 0 and residual > cfg.abort_residual
+        self.residual_steps = self.residual_steps + 1 if over else 0
+        if self.residual_steps >= cfg.abort_patience:
+            return (f"step {step}: residual {residual:.3g} > abort_residual {cfg.abort_residual:g} "
+                    f"for {self.residual_steps} steps (the relaxation lost containment)")
+        return None
+
+    def state_dict(self) -> dict:
+        return {"initial_loss": self.initial_loss, "loss_steps": self.loss_steps,
+                "residual_steps": self.residual_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.initial_loss, self.loss_steps, self.residual_steps = (
+            state["initial_loss"], state["loss_steps"], state["residual_steps"])
 
 
 def resreg_fraction(config: StabilizerConfig, residual: float) -> float:

@@ -18,9 +18,8 @@ from analog_ep.model.base import EquilibriumModel
 from analog_ep.relax.solvers import RelaxConfig, relax
 from analog_ep.train.optim import (OptimizerConfig, ParameterEMA, ScheduleConfig, build_optimizer,
                                    build_scheduler, clip_gradients)
-from analog_ep.train.stabilizers import (AbortFuse, JacobianController, StabilizerConfig, WeightConstraints,
-                                         abscissa_penalty, add_scaled, grad_norm, jacobian_penalty,
-                                         residual_penalty, resreg_fraction)
+from analog_ep.train.stabilizers import (JacobianController, StabilizerConfig, WeightConstraints, abscissa_penalty,
+                                         add_scaled, grad_norm, jacobian_penalty, residual_penalty, resreg_fraction)
 
 GRADIENTS = ("ep", "bptt", "adjoint")
 TWINS = ("analog", "digital", "bptt")
@@ -43,9 +42,13 @@ class TrainConfig:
     """Also record, each step, the cosine between the analog twin's update and the digital EP
     gradient at the analog weights (one extra digital EP evaluation per step)."""
     eval_every: int = 50
-    """Steps between validation evaluations (the last step is always evaluated)."""
+    """Steps between validation evaluations (step 0 and the last step are always evaluated;
+    evaluation has its own noise generators, so this does not change training)."""
     eval_batches: int = 4
     """Fixed validation batches per evaluation (the same for every twin and every evaluation)."""
+    checkpoint_every: int = 10
+    """Steps between checkpoints (state.pt, run.h5, best.pt, curves.png; every evaluation and the
+    last step also checkpoint): a kill loses at most this many steps (~13 s of the default job)."""
     ema: float = 0.0
     """Parameter-EMA decay used for evaluation (0: off)."""
     seed: int = 0
@@ -54,8 +57,8 @@ class TrainConfig:
     def __post_init__(self):
         check(self.gradient in GRADIENTS, "gradient", self.gradient, "unknown gradient",
               f"use one of {', '.join(GRADIENTS)}")
-        for key in ("steps", "batch_size", "eval_every", "eval_batches"):
-            check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+        for key in ("steps", "batch_size", "eval_every", "eval_batches", "checkpoint_every"):
+            check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1", "e.g. 10")
         check(0 <= self.ema < 1, "ema", self.ema, "must be in [0, 1)")
         self.twins = tuple(self.twins)
         for name in self.twins:
@@ -104,7 +107,6 @@ class DigitalTwin:
         self.optimizer = build_optimizer(self.params, optim_config)
         self.scheduler = build_scheduler(self.optimizer, schedule_config)
         self.controller = JacobianController(stabilizer_config)
-        self.fuse = AbortFuse(stabilizer_config)
         self.constraints = WeightConstraints(model, stabilizer_config)
         self.ema = ParameterEMA(self.params, ema) if ema > 0 else None
         self.generator = torch.Generator().manual_seed(seed)
@@ -137,8 +139,9 @@ class DigitalTwin:
 
     def stabilize(self, grads: dict[str, torch.Tensor], x_in: torch.Tensor, z: torch.Tensor,
                   z_budget: torch.Tensor, residual: float, skipped: bool, step: int) -> float:
-        """Add the stabilisers' gradients to `grads` (in place), update the controllers and the
-        abort fuse; returns the jacreg weight used. `z` is the settled state, `z_budget` the state
+        """Add the stabilisers' gradients to `grads` (in place) and update the controllers; returns
+        the jacreg weight used (divergence, the abort fuse included, is watched by the caller:
+        `analog_ep.train.stabilizers.DivergenceMonitor`). `z` is the settled state, `z_budget` the state
         after the T1 budget (what evaluation sees), `residual` its residual."""
         model, stab = self.model, self.stab
         lam = self.controller.weight if stab.jacreg > 0 else 0.0
@@ -154,7 +157,6 @@ class DigitalTwin:
         if lam > 0:
             add_scaled(grads, jacobian_penalty(model, x_in, z, lam, self.generator))
         self._feedback(residual)
-        self.fuse.update(residual, step)
         return lam
 
     def _feedback(self, residual: float) -> None:
@@ -207,11 +209,14 @@ class DigitalTwin:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Everything the next step depends on (a resumed twin continues bit for bit)."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "controller": self.controller.state_dict(),
-                "constraints": self.constraints.state_dict(), "fuse": self.fuse.count,
+                "constraints": self.constraints.state_dict(),
                 "ema": None if self.ema is None else self.ema.state_dict(),
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state(),
+                "damping": getattr(getattr(self.model, "config", None), "damping", None),  # damping feedback
+                "eig_start": self._eig_cache.get("v0")}  # eigreg's warm Lanczos start
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -219,7 +224,10 @@ class DigitalTwin:
         self.scheduler.load_state_dict(state["scheduler"])
         self.controller.load_state_dict(state["controller"])
         self.constraints.load_state_dict(state["constraints"])
-        self.fuse.count = state["fuse"]
+        if state["damping"] is not None:
+            self.model.config.damping = state["damping"]
+        if state["eig_start"] is not None:
+            self._eig_cache["v0"] = state["eig_start"]
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.generator.set_state(state["generator"])

@@ -105,15 +105,16 @@ class CycleNoise:
             return
         rows = self._rows(tile.tile.get_hidden_parameter_names())
         hidden = tile.tile.get_hidden_parameters()  # (parameters, out, in)
-        xi = torch.randn((len(rows), *hidden.shape[1:]), generator=self.generator, dtype=torch.float64)
+        # float32 like aihwkit's own parameters (torch's float64 CPU sampler is several times slower)
+        xi = torch.randn((len(rows), *hidden.shape[1:]), generator=self.generator)
         state_dependent = self.law in (REFERENCE_ADD, EXP_COMPLEX)
-        weights = tile.tile.get_weights().double() if state_dependent and not self.differential else None
+        weights = tile.tile.get_weights() if state_dependent and not self.differential else None
         for k, r in enumerate(rows):
-            w = hidden[r["hidden_weights"]].double() if self.differential and state_dependent else weights
+            w = hidden[r["hidden_weights"]] if self.differential and state_dependent else weights
             f_up, f_down = self._factors(xi[k], w, nominal, r)
             for key, f in (("dwmin_up", f_up), ("dwmin_down", f_down), ("slope_up", f_up), ("slope_down", f_down)):
                 if key in r and (key.startswith("dwmin") or self.law == SCALE_SLOPE):
-                    hidden[r[key]] = (nominal[r[key]].double() * f).to(hidden.dtype)
+                    torch.mul(nominal[r[key]], f, out=hidden[r[key]])
         tile.tile.set_hidden_parameters(hidden)
 
     def _factors(self, xi: torch.Tensor, w: torch.Tensor, nominal: torch.Tensor, r: dict[str, int]):
@@ -122,19 +123,21 @@ class CycleNoise:
         if self.law in (SCALE, SCALE_SLOPE):
             f = 1.0 + std * xi
             return f, f
-        up, down = nominal[r["dwmin_up"]].double().abs(), nominal[r["dwmin_down"]].double().abs()
-        hi, lo = nominal[r["max_bound"]].double(), nominal[r["min_bound"]].double()
+        up, down = nominal[r["dwmin_up"]].abs(), nominal[r["dwmin_down"]].abs()
+        hi, lo = nominal[r["max_bound"]], nominal[r["min_bound"]]
         if self.law == REFERENCE_ADD:  # step dw (1 - a), a = (w + ref) / bound (0 for a bound of the wrong sign)
-            wr = w + nominal[r["reference"]].double()
-            base_up = 1.0 - torch.where(hi > 0, wr / hi, torch.zeros_like(wr))
-            base_down = 1.0 - torch.where(lo < 0, wr / lo, torch.zeros_like(wr))
-            return _ratio(1.0, std * xi, base_up), _ratio(1.0, std * xi, base_down)
+            wr = w + nominal[r["reference"]]
+            base_up = 1.0 - torch.where(hi > 0, wr / hi, 0.0)
+            base_down = 1.0 - torch.where(lo < 0, wr / lo, 0.0)
+            noise = std * xi
+            return _ratio(noise, base_up), _ratio(noise, base_down)
         dev = self.device  # EXP_COMPLEX: s = y(z) dw, z = 2 w / (max - min) a + b
         z = 2.0 * w / (hi - lo).clamp_min(1e-30) * dev.a + dev.b
         s_up = (1.0 - dev.A_up * torch.exp(dev.gamma_up * z)).clamp_min(0.0) * up
         s_down = (1.0 - dev.A_down * torch.exp(-dev.gamma_down * z)).clamp_min(0.0) * down
         extra = dev.dw_min_std_add + dev.dw_min_std_slope * w.abs()
-        return (_ratio(1.0, std * xi * (s_up + extra), s_up), _ratio(1.0, std * xi * (s_down + extra), s_down))
+        noise = std * xi
+        return _ratio(noise * (s_up + extra), s_up), _ratio(noise * (s_down + extra), s_down)
 
     # ---- write noise: the visible offset ---------------------------------------------------------
     def offset_after_round(self, offset: torch.Tensor | None, block: torch.Tensor) -> torch.Tensor | None:
@@ -155,9 +158,8 @@ class CycleNoise:
         return torch.randn(shape, generator=self.generator) * self.write_std
 
 
-def _ratio(one: float, numerator: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """one + numerator / base, and exactly `one` where the noiseless step `base` is zero (no factor
-    can realise a purely additive excursion there: see the module docstring)."""
-    safe = base.abs() > 1e-30
-    return torch.where(safe, one + numerator / torch.where(safe, base, torch.ones_like(base)),
-                       torch.full_like(base, one))
+def _ratio(numerator: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """1 + numerator / base, and exactly 1 where the noiseless step `base` is zero (no factor can
+    realise a purely additive excursion there: see the module docstring)."""
+    safe = base != 0
+    return torch.where(safe, numerator / torch.where(safe, base, 1.0) + 1.0, 1.0)

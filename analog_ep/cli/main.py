@@ -1,4 +1,4 @@
-"""Command line: `analog-ep run | validate | list | diagnose`.
+"""Command line: `analog-ep run | validate | list | diagnose | sweep | compare | export | replay`.
 
 Any `AnalogEPError` (bad config, bad file, failed convergence) prints one line and exits with 2;
 existing results are never overwritten.
@@ -156,6 +156,10 @@ def parser() -> argparse.ArgumentParser:
     diag.add_argument("--batch", type=int, default=4, help="validation sequences probed (default 4)")
     diag.add_argument("--json", action="store_true", help="one JSON object")
     diag.set_defaults(func=cmd_diagnose)
+
+    from analog_ep.cli import studies
+
+    studies.register(sub)  # sweep, compare, export, replay
     return ap
 
 

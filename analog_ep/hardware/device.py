@@ -99,7 +99,8 @@ class DeviceConfig:
         """aihwkit config for one tile: one pulse per device per update round."""
         dev = self.device(construction_seed)
         if self.differential:
-            cfg = UnitCellRPUConfig(device=OneSidedUnitCell(unit_cell_devices=[dev]))
+            # The unit cell draws its pair from its own construction seed (0 = a fresh random draw).
+            cfg = UnitCellRPUConfig(device=OneSidedUnitCell(unit_cell_devices=[dev], construction_seed=construction_seed))
         else:
             cfg = SingleRPUConfig(device=dev)
         cfg.update.pulse_type = PulseType.DETERMINISTIC_IMPLICIT

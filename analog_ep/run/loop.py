@@ -80,7 +80,7 @@ def run_job(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = Tr
     val = corpus.fixed_batches("val", cfg.train.batch_size, cfg.train.eval_batches, seed=cfg.train.seed + 1)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     history = History(twins)
-    start = 1
+    start, wall_before = 1, 0.0
     if resume:
         state = torch.load(out / STATE, map_location="cpu", weights_only=False)
         for name, twin in twins.items():
@@ -88,6 +88,7 @@ def run_job(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = Tr
         history.load_state_dict(state["history"])
         gen.set_state(state["generator"])
         start = state["step"] + 1
+        wall_before = state.get("wall_s", 0.0)
         if "analog" in twins:  # run.h5 was written together with the state: its ledger matches
             import h5py
 
@@ -122,16 +123,19 @@ def run_job(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = Tr
                 history.add(name, "settle_time", rec.settle_time)
                 history.add(name, "energy", rec.energy)
                 history.add(name, "pulses", rec.pulses)
+                history.add(name, "latency_s", twin.last_cost.latency_s if twin.last_cost is not None else 0.0)
                 if before is not None:
                     history.add(name, "update_cos", update_cosine(twin, probe, before, x, y, cfg))
         if step % cfg.train.eval_every == 0 or step == last:
             for name, twin in twins.items():
                 history.add(name, "val.step", step)
                 history.add(name, "val.loss", twin.evaluate(val))
-            write_h5(out / "run.h5", config_text, history, ledger, step)
+            wall = wall_before + time.perf_counter() - t0
+            write_h5(out / "run.h5", config_text, history, ledger, step,
+                     {"wall_s": wall, "unigram_entropy": entropy})
             plot_curves(out / "curves.png", history, f"{Path(str(out)).name}: cross-entropy", entropy)
             save_state(out / STATE, {"config": config_text, "step": step, "history": history.state_dict(),
-                                     "generator": gen.get_state(),
+                                     "generator": gen.get_state(), "wall_s": wall,
                                      "twins": {n: t.state_dict() for n, t in twins.items()}})
         bar.set_postfix({n: f"{history.last(n, 'train.loss'):.3f}" for n in twins} |
                         {f"val_{n}": f"{history.last(n, 'val.loss', math.nan):.3f}" for n in twins})

@@ -1,12 +1,14 @@
 """The run directory: config.yaml, run.h5, curves.png and the resumable state.
 
 run.h5 (format version 1):
-    /                  attrs: config (the resolved YAML text), version, steps_done
+    /                  attrs: config (the resolved YAML text), version, steps_done, wall_s (training
+                       wall time over all invocations, s), unigram_entropy (of the validation text, nats)
     /twins/<name>/     one group per twin: analog, digital, bptt
         train/step, train/loss      every step
         val/step, val/loss          every evaluation (same validation batches for every twin)
         residual                    free-phase residual, every step
         settle_time, energy         analog twin: physical settle time (s) and energy (J) per step
+        latency_s                   analog twin: estimated latency per step (s): settles, sampling, writes
         update_cos                  analog twin, when enabled: cos(analog update, digital EP gradient
                                     at the analog weights) per step
         pulses                      analog twin: pulses written per step
@@ -49,12 +51,15 @@ class History:
         self.series = state
 
 
-def write_h5(path: Path, config_text: str, history: History, ledger: PulseLedger | None, steps_done: int) -> None:
+def write_h5(path: Path, config_text: str, history: History, ledger: PulseLedger | None, steps_done: int,
+             attrs: dict | None = None) -> None:
+    """`attrs`: further root attributes (e.g. wall_s, unigram_entropy)."""
     def write(tmp):
         with h5py.File(tmp, "w") as f:
             f.attrs["config"] = config_text
             f.attrs["version"] = FORMAT_VERSION
             f.attrs["steps_done"] = steps_done
+            f.attrs.update(attrs or {})
             for twin, series in history.series.items():
                 group = f.create_group(f"twins/{twin}")
                 for key, values in series.items():

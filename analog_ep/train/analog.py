@@ -125,6 +125,7 @@ class AnalogTwin(DigitalTwin):
         state = super().state_dict()
         state["tiles"] = {n: a.read() for n, a in self.chip.arrays.items()}
         state["pulses"] = self.chip.pulses
+        state["chip"] = self.chip.schedule_state()  # for `analog-ep export` (read only there)
         return state
 
     def load_state_dict(self, state: dict) -> None:

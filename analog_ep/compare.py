@@ -27,8 +27,7 @@ def collect_runs(paths) -> list[RunSummary]:
         if (path / "run.h5").is_file():
             runs.append(summarize_run(path))
         elif (path / "sweep.h5").is_file() or (path / "points").is_dir():
-            points = sorted(d for d in (path / "points").iterdir() if (d / "run.h5").is_file()) if (
-                path / "points").is_dir() else []
+            points = _sweep_points(path)
             if not points:
                 raise ConfigError("compare", str(given), "sweep directory without any finished checkpoint yet",
                                   "wait for its first points, or name run directories")
@@ -39,6 +38,20 @@ def collect_runs(paths) -> list[RunSummary]:
             raise ConfigError("compare", str(given), "neither a run directory (run.h5) nor a sweep directory "
                               "(sweep.h5)", "name directories written by analog-ep run or analog-ep sweep")
     return runs
+
+
+def _sweep_points(path: Path) -> list[Path]:
+    """A sweep's point directories that hold a run.h5, in the order of its table (grid order)."""
+    found = {d.name: d for d in (path / "points").iterdir() if (d / "run.h5").is_file()} if (
+        path / "points").is_dir() else {}
+    order = []
+    try:
+        from analog_ep.sweep.table import read_sweep_h5
+
+        order = [row["point"] for row in read_sweep_h5(path / "sweep.h5")[1]]
+    except (OSError, KeyError):  # no table (yet): directory order
+        pass
+    return [found[n] for n in order if n in found] + [found[n] for n in sorted(found) if n not in order]
 
 
 def _flatten(data, prefix: str = "") -> dict[str, str]:

@@ -143,8 +143,8 @@ def test_readme_decoder_runs_with_h5py_and_numpy_alone(rram, tmp_path, monkeypat
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert len(code.strip().splitlines()) <= 16
     assert not re.search(r"^\s*(import|from)\s+analog_ep", code, re.M)
-    (tmp_path / "runs" / "rram").mkdir(parents=True)
-    os.link(schedule, tmp_path / "runs" / "rram" / "schedule.h5")
+    (tmp_path / "runs" / "rram_exact").mkdir(parents=True)
+    os.link(schedule, tmp_path / "runs" / "rram_exact" / "schedule.h5")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README decoder", "exec"), {})
     with h5py.File(schedule, "r") as f:

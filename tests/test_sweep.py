@@ -120,7 +120,7 @@ def test_same_sweep_on_a_local_ray_cluster(local_sweep, tmp_path):
         address = ray.get_runtime_context().gcs_address
         proc = subprocess.run([sys.executable, "-m", "analog_ep.cli.main", "sweep", CHIP, "--out",
                                str(tmp_path / "ray"), *GRID, *TINY, "--backend", "ray", "--address", address,
-                               "--quiet"], capture_output=True, text=True, timeout=600)
+                               "--quiet"], capture_output=True, text=True, timeout=1500)
     finally:
         ray.shutdown()
     print(f"\nlocal Ray instance started in {started:.1f} s")
@@ -242,8 +242,11 @@ BAD = {
     "repeated value": (["--grid", "chip.periphery.adc_bits=4,4"], "repeats the value 4"),
     "key swept twice": (["--grid", "chip.periphery.adc_bits=4", "--grid", "chip.periphery.adc_bits=8"],
                         "swept twice"),
-    "unknown key": (["--grid", "chip.periphery.adc_bit=4,8"], "did you mean 'adc_bits'"),
-    "unknown section": (["--grid", "chip.periferal.adc_bits=4,8"], "did you mean 'periphery'"),
+    "unknown key": (["--grid", "chip.periphery.adc_bit=4,8"],
+                    "--grid: chip.periphery.adc_bit=[4, 8]: unknown key (chip.periphery has no 'adc_bit') "
+                    "(did you mean 'adc_bits'?)"),
+    "unknown section": (["--grid", "chip.periferal.adc_bits=4,8"], "--grid: chip.periferal.adc_bits=[4, 8]: unknown "
+                        "key (chip has no 'periferal') (did you mean 'periphery'?)"),
     "a section": (["--grid", "chip.periphery=4"], "is a section, not a value"),
     "unknown device parameter": (["--grid", "chip.device.overrides.dw_min_sdt=0,1"], "did you mean 'dw_min_std'"),
     "out of range": (["--grid", "chip.periphery.adc_bits=8,1"],

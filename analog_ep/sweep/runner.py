@@ -102,6 +102,14 @@ def _last_line(log: Path, offset: int) -> str:
     return line[:300]
 
 
+def _summary(run_dir: Path) -> RunSummary | None:
+    """The run's summary, or None without a readable run.h5 (its status says why)."""
+    try:
+        return summarize_run(run_dir)
+    except ConfigError:
+        return None
+
+
 def point_outcome(run_dir: Path, exitcode: int | None, note: str, log: Path, offset: int) -> tuple[str, str]:
     """(status, reason) of a point whose process just ended."""
     status, reason = read_status(run_dir)
@@ -109,7 +117,8 @@ def point_outcome(run_dir: Path, exitcode: int | None, note: str, log: Path, off
         return ("killed" if status in ("running", "killed", "missing") else status), note or reason
     if exitcode < 0:
         if status in ("running", "killed", "missing"):
-            steps = f" after step {summarize_run(run_dir).steps_done}" if status != "missing" else ""
+            summary = _summary(run_dir)
+            steps = f" after step {summary.steps_done}" if summary is not None else ""
             return "killed", f"killed by {signal_name(exitcode)}{steps}"
         return status, reason
     if exitcode == 0:
@@ -168,7 +177,7 @@ class Sweep:
             status, reason = read_status(run_dir)
             state.status = status
             state.reason = reason or (state.reason if status not in FINISHED else "")
-            state.summary = summarize_run(run_dir) if (run_dir / "run.h5").is_file() else None
+            state.summary = _summary(run_dir)
 
     def run_dir(self, point: Point) -> Path:
         return self.out / "points" / point.name
@@ -210,7 +219,7 @@ class Sweep:
         state, run_dir = self.states[point.name], self.run_dir(point)
         state.process_s += time.perf_counter() - job["started"]
         state.status, state.reason = point_outcome(run_dir, exitcode, note, Path(job["log"]), job["offset"])
-        state.summary = summarize_run(run_dir) if (run_dir / "run.h5").is_file() else None
+        state.summary = _summary(run_dir)
         return state.status
 
     def run(self) -> SweepReport:
@@ -240,13 +249,14 @@ class Sweep:
                         self.states[point.name].status = "running"
                         ran.append(point.name)
                         running += 1
-                    bar.set_postfix_str(f"running {running}, failed {failed}")
+                    # a terminal sees the clock tick; a log file gets a line per finished point only
+                    bar.set_postfix_str(f"running {running}, failed {failed}", refresh=sys.stderr.isatty())
                     for job, code, note in self.backend.wait(timeout=1.0):
                         running -= 1
                         if self.finish(job, code, note) not in FINISHED:
                             failed += 1
+                        bar.set_postfix_str(f"running {running}, failed {failed}", refresh=False)
                         bar.update(1)
-                        bar.set_postfix_str(f"running {running}, failed {failed}")
                         self.write()
             except KeyboardInterrupt:
                 interrupted = True
@@ -300,6 +310,6 @@ def summary_lines(sweep: SweepDefinition, states: dict[str, PointState]) -> list
         if c["learns_nothing"]:
             notes.append("learns nothing")
         gap = f"{c['gap']:+.3f}{spread}" if c["n"] else "-"
-        lines.append(f"{values}  {c['n']:>2}/{c['seeds']:<2}  {c['analog']:6.3f}  {c['digital']:7.3f}  "
-                     f"{gap:<16}  {', '.join(notes)}")
+        analog, digital = (f"{c[k]:.3f}" if c["n"] else "-" for k in ("analog", "digital"))
+        lines.append(f"{values}  {c['n']:>2}/{c['seeds']:<2}  {analog:>6}  {digital:>7}  {gap:<16}  {', '.join(notes)}")
     return lines

@@ -21,14 +21,36 @@ import sys
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this process when its parent (the fork server) exits, so a killed sweep
-    leaves no orphaned points; the point then stops as on any SIGTERM."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _stop_when_gone(pid: int | None) -> None:
+    """SIGTERM this process once process `pid` (the sweep, or the Ray worker, that started it) has
+    exited, so a sweep killed even by SIGKILL leaves no point running on; the point then stops
+    as on any SIGTERM. (The fork server is no help: it lives as long as any of its children.)"""
+    if not pid:
+        return
+    import threading
+    import time
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    def watch():
+        try:
+            fd = os.pidfd_open(pid)  # Linux >= 5.3: readable once the process has exited
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            import select
+
+            select.select([fd], [], [])
+        else:
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:  # alive, someone else's: only the former is possible here
+                    pass
+                time.sleep(2.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop when the sweep is gone", daemon=True).start()
 
 
 def run_point(job: dict) -> int:
@@ -43,7 +65,7 @@ def run_point(job: dict) -> int:
 
 def _process_main(job: dict, target) -> None:
     """Body of a point's process: output to the log, threads set, then `target(job)`'s exit code."""
-    _die_with_parent()
+    _stop_when_gone(job.get("parent_pid"))
     fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -72,6 +94,7 @@ def context() -> multiprocessing.context.BaseContext:
 
 def start(job: dict, target=run_point) -> multiprocessing.process.BaseProcess:
     """Start a point's process; `target(job) -> exit code` must be importable (default `run_point`)."""
+    job = {**job, "parent_pid": os.getpid()}
     process = context().Process(target=_process_main, args=(job, target), name=f"point {job['log']}")
     process.start()
     return process

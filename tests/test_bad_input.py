@@ -6,8 +6,8 @@ the value, exit code 2, no traceback and nothing on stdout; nothing is created f
 and an existing run directory stays byte for byte as it was. `test_real_exit_code_in_subprocess`
 (tests/test_cli.py) checks the same through a real process.
 
-The sweep cases (`--grid` syntax, unknown grid key, out-of-range grid value) belong to
-`analog-ep sweep` (lane i08): add them to CASES as `Case("sweep", ...)` rows.
+The sweep cases (`--grid` syntax, unknown grid key, out-of-range grid value, bad grid files, an
+`--out` that is not a sweep) and compare's are in tests/test_sweep.py, in the same form.
 """
 from __future__ import annotations
 

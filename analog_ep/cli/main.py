@@ -1,4 +1,4 @@
-"""Command line: `analog-ep run | validate | list | diagnose`.
+"""Command line: `analog-ep run | validate | list | diagnose | sweep | compare | export | replay`.
 
 Bad input (any `AnalogEPError` before a run starts, a malformed command line) prints one line,
 `analog-ep: error: ...`, and exits with 2; existing results are never overwritten. `run` ends
@@ -191,6 +191,10 @@ def parser() -> argparse.ArgumentParser:
     diag.add_argument("--batch", type=_count("--batch", 4), default=4, help="validation sequences probed (default 4)")
     diag.add_argument("--json", action="store_true", help="one JSON object")
     diag.set_defaults(func=cmd_diagnose, parser=diag)
+
+    from analog_ep.cli import studies
+
+    studies.register(sub)  # sweep, compare, export, replay
     return ap
 
 

@@ -115,6 +115,7 @@ class AnalogChip:
         self.arrays: dict[str, CrossbarArray] = {}
         self.gains: dict[str, torch.Tensor] = {}
         self.reports: dict[str, ProgramReport] = {}
+        self.programming: dict[str, dict[str, torch.Tensor]] = {}  # name -> initial targets and device states
         self._G: dict[str, torch.Tensor] = {}
         self._shared: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self._GT: dict[str, torch.Tensor] = {}  # transposed conductances for column reads
@@ -132,6 +133,7 @@ class AnalogChip:
             else:
                 arr.set(W)
                 self.reports[name] = ProgramReport(0, 0, float((arr.read() - W).abs().max()))
+            self.programming[name] = {"target": W.clone(), "programmed": arr.device_conductances()}
             self.arrays[name] = arr
             self.step_size[name] = config.device.dw_min * scale
             p = config.periphery
@@ -249,6 +251,14 @@ class AnalogChip:
             sent += self.arrays[array].pulse_tile(tile, torch.from_numpy(signs), step)
         self.refresh()
         return sent
+
+    def schedule_state(self) -> dict[str, dict]:
+        """Per array, what a device-programming schedule holds besides the ledger (see
+        `analog_ep.schedule`): scale, initial target weights (model units), the devices' states
+        right after programming and now (tile units, `CrossbarArray.device_conductances`)."""
+        return {name: {"scale": arr.scale, "shape": arr.shape, "target": self.programming[name]["target"],
+                       "programmed": self.programming[name]["programmed"], "final": arr.device_conductances()}
+                for name, arr in self.arrays.items()}
 
     def total_conductance(self, g_max: float) -> float:
         """sum |G| over every device of the chip (S) at conductance g_max for w_max."""

@@ -89,6 +89,31 @@ class CrossbarArray:
         """The matrix in model units, (in, out)."""
         return self.assemble(self.read_tiles())
 
+    @property
+    def devices_per_cell(self) -> int:
+        """1, or 2 for a differential pair (G_plus, G_minus)."""
+        return 2 if self.device.differential else 1
+
+    def device_conductances(self) -> torch.Tensor:
+        """Every device's conductance in tile units, (devices_per_cell, in, out).
+
+        One device per cell: its conductance, the weight / scale. A differential cell (aihwkit
+        OneSidedUnitCell): (G_plus, G_minus), weight = scale x (G_plus - G_minus); aihwkit keeps
+        them as the hidden weights 1 (receives the +1 pulses) and 0 (receives the -1 pulses).
+        """
+        out = torch.zeros(self.devices_per_cell, *self.shape)
+        for (r, c), tile in self.tiles.items():
+            (r0, r1), (c0, c1) = self._span(r, c)
+            if self.devices_per_cell == 2:
+                names = tile.tile.get_hidden_parameter_names()
+                hidden = tile.tile.get_hidden_parameters()
+                blocks = [hidden[names.index("hidden_weights_1")], hidden[names.index("hidden_weights_0")]]
+            else:
+                blocks = [tile.get_weights()[0]]
+            for k, block in enumerate(blocks):  # (out, in) block -> (in, out)
+                out[k, r0:r1, c0:c1] = block.t()
+        return out
+
     def assemble(self, G: torch.Tensor) -> torch.Tensor:
         """(nr, nc, tr, tc) tile units -> (in, out) model units."""
         nr, nc, tr, tc = G.shape

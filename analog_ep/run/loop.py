@@ -121,6 +121,16 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
 
+def run_config(run_dir: Path) -> RunConfig:
+    """The resolved configuration a run directory was started with (its config.yaml)."""
+    path = Path(run_dir) / CONFIG
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(str(path), "", f"cannot be read ({err.strerror})", "pass a run directory") from None
+    return merge(RunConfig(), yaml.safe_load(text), str(path)).resolve()
+
+
 def read_state(out: Path) -> dict:
     """state.pt of a run directory, or a one-line ConfigError saying why it cannot be resumed."""
     path = out / STATE
@@ -325,6 +335,7 @@ class _Job:
         self.entropy = corpus.unigram_entropy("val")
         self.last = cfg.train.steps if stop_after is None else max(0, min(stop_after, cfg.train.steps))
         self.step, self.start = 0, 1
+        self.wall_before, self.t0 = 0.0, time.perf_counter()  # training wall time of earlier invocations
         self.best_dirty = False
         self.ledger = twins["analog"].chip.ledger if "analog" in twins else None
         self.fresh = state is None
@@ -340,6 +351,7 @@ class _Job:
         self.generator.set_state(state["generator"])
         self.step = state["step"]
         self.start = self.step + 1
+        self.wall_before = state.get("wall_s", 0.0)
         if self.ledger is not None:  # run.h5 may be a checkpoint ahead of the state: cut it back
             ledger = _read_ledger(self.out, state["twins"]["analog"]["chip"]["ledger_rounds"])
             chip = self.twins["analog"].chip
@@ -351,7 +363,7 @@ class _Job:
     def run(self) -> dict:
         from tqdm import tqdm
 
-        t0 = time.perf_counter()
+        t0 = self.t0 = time.perf_counter()
         started = False
         try:
             with _Signals() as signals:
@@ -421,6 +433,7 @@ class _Job:
                 history.add(name, "settle_time", rec.settle_time)
                 history.add(name, "energy", rec.energy)
                 history.add(name, "pulses", rec.pulses)
+                history.add(name, "latency_s", twin.last_cost.latency_s if twin.last_cost is not None else 0.0)
                 if before is not None:
                     history.add(name, "update_cos", update_cosine(twin, self.probe, before, x, y, cfg))
             reason = run.monitor.update(rec.loss, rec.residual, rec.grad_norm, step)
@@ -472,11 +485,13 @@ class _Job:
         from analog_ep.run.plot import plot_curves
 
         attrs = {n: r.attrs() for n, r in self.runs.items()}
-        write_h5(self.out / RUN, self.config_text, self.history, self.ledger, self.step, status, reason, attrs)
+        wall = self._wall()
+        write_h5(self.out / RUN, self.config_text, self.history, self.ledger, self.step, status, reason, attrs,
+                 {"wall_s": wall, "unigram_entropy": self.entropy})
         plot_curves(self.out / "curves.png", self.history, f"{self.out.name}: cross-entropy", self.entropy)
         save_state(self.out / STATE, {
             "version": STATE_VERSION, "config": self.config_text, "step": self.step,
-            "history": self.history.state_dict(), "generator": self.generator.get_state(),
+            "history": self.history.state_dict(), "generator": self.generator.get_state(), "wall_s": wall,
             "twins": {n: t.state_dict() for n, t in self.twins.items()},
             "runs": {n: r.state_dict() for n, r in self.runs.items()}})
         if self.best_dirty or not (self.out / BEST).exists():
@@ -488,9 +503,14 @@ class _Job:
         """Mark run.h5 failed; the state is left as last saved (a failed step may be half done)."""
         try:
             attrs = {n: r.attrs() for n, r in self.runs.items()}
-            write_h5(self.out / RUN, self.config_text, self.history, self.ledger, self.step, "failed", reason, attrs)
+            write_h5(self.out / RUN, self.config_text, self.history, self.ledger, self.step, "failed", reason, attrs,
+                     {"wall_s": self._wall(), "unigram_entropy": self.entropy})
         except Exception:  # noqa: BLE001 -- the original error is the one to report
             pass
+
+    def _wall(self) -> float:
+        """Training wall time over every invocation of this run (s)."""
+        return self.wall_before + time.perf_counter() - self.t0
 
     def _postfix(self, bar) -> None:
         h = self.history

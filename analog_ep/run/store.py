@@ -7,7 +7,9 @@ run.h5 (format version 2; version 1 had no status, provenance or step-0 evaluati
                        status_reason (one line, may be empty),
                        provenance: analog_ep_version, torch_version, aihwkit_version,
                        numpy_version, h5py_version, python_version, platform, git_commit,
-                       git_dirty, threads
+                       git_dirty, threads,
+                       wall_s (training wall time over all invocations, s),
+                       unigram_entropy (of the validation text, nats)
     /twins/<name>/     one group per twin: analog, digital, bptt
         attrs          status (running | completed | diverged), status_reason,
                        diagnosis (one line, when it diverged), best_step, best_val_loss (the state
@@ -17,6 +19,7 @@ run.h5 (format version 2; version 1 had no status, provenance or step-0 evaluati
                                     validation batches for every twin and every evaluation)
         residual                    free-phase residual, every step
         settle_time, energy         analog twin: physical settle time (s) and energy (J) per step
+        latency_s                   analog twin: estimated latency per step (s): settles, sampling, writes
         update_cos                  analog twin, when enabled: cos(analog update, digital EP gradient
                                     at the analog weights) per step
         pulses                      analog twin: pulses written per step
@@ -65,8 +68,10 @@ class History:
 
 
 def write_h5(path: Path, config_text: str, history: History, ledger: PulseLedger | None, steps_done: int,
-             status: str = "running", reason: str = "", twin_attrs: dict[str, dict] | None = None) -> None:
-    """Write run.h5 whole (atomically). `twin_attrs`: per twin, the attributes of `/twins/<twin>`."""
+             status: str = "running", reason: str = "", twin_attrs: dict[str, dict] | None = None,
+             attrs: dict | None = None) -> None:
+    """Write run.h5 whole (atomically). `twin_attrs`: per twin, the attributes of `/twins/<twin>`;
+    `attrs`: further root attributes (wall_s, unigram_entropy)."""
     def write(tmp):
         with h5py.File(tmp, "w") as f:
             f.attrs["config"] = config_text
@@ -75,6 +80,7 @@ def write_h5(path: Path, config_text: str, history: History, ledger: PulseLedger
             f.attrs["status"] = status
             f.attrs["status_reason"] = reason
             stamp(f.attrs)
+            f.attrs.update(attrs or {})
             for twin, series in history.series.items():
                 group = f.create_group(f"twins/{twin}")
                 group.attrs.update((twin_attrs or {}).get(twin, {}))

@@ -139,6 +139,7 @@ class AnalogTwin(DigitalTwin):
         continues bit for bit; with 'aihwkit' its later cycle noise is a fresh draw."""
         state = super().state_dict()
         state["chip"] = self.chip.state_dict()
+        state["schedule"] = self.chip.schedule_state()  # for `analog-ep export` (read only there)
         return state
 
     def load_state_dict(self, state: dict) -> None:

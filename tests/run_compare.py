@@ -32,10 +32,18 @@ def tensors(obj, prefix=""):
     return {prefix: obj}
 
 
+#: Measured wall-clock time: the one thing two identical runs never share.
+WALL_CLOCK = {"/@wall_s", "wall_s/"}
+
+
 def differences(a: Path, b: Path) -> list[str]:
-    """What differs between two run directories' run.h5, state.pt and best.pt (bit for bit)."""
+    """What differs between two run directories' run.h5, state.pt and best.pt (bit for bit), apart
+    from the measured wall-clock time."""
     diffs = []
     ha, hb = h5_contents(a / "run.h5"), h5_contents(b / "run.h5")
+    for contents in (ha, hb):
+        for key in WALL_CLOCK & contents.keys():
+            del contents[key]
     diffs += [f"run.h5 {k}: only in one" for k in ha.keys() ^ hb.keys()]
     for key in ha.keys() & hb.keys():
         x, y = ha[key], hb[key]
@@ -49,6 +57,9 @@ def differences(a: Path, b: Path) -> list[str]:
     for name in ("state.pt", "best.pt"):
         sa = tensors(torch.load(a / name, weights_only=False))
         sb = tensors(torch.load(b / name, weights_only=False))
+        for contents in (sa, sb):
+            for key in WALL_CLOCK & contents.keys():
+                del contents[key]
         diffs += [f"{name} {k}: only in one" for k in sa.keys() ^ sb.keys()]
         for key in sa.keys() & sb.keys():
             x, y = sa[key], sb[key]

@@ -30,7 +30,10 @@ SEED_KEYS = ("model.seed", "data.seed", "train.seed", "chip.seed")
 def cli(*args) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # a malformed command line, refused by argparse
+            code = exc.code
     return code, out.getvalue(), err.getvalue()
 
 
@@ -60,7 +63,7 @@ def test_local_sweep_2x2_two_seeds(local_sweep):
     definition = yaml.safe_load(attrs["definition"])
     assert definition["grid"] == {"chip.periphery.adc_bits": [4, 8], "chip.periphery.read_noise": [0, 0.05]}
     assert definition["seeds"] == 2 and set(definition["seed_keys"]) == set(SEED_KEYS)
-    assert attrs["torch"] and attrs["aihwkit"] and attrs["analog_ep"]
+    assert attrs["torch_version"] and attrs["aihwkit_version"] and attrs["analog_ep_version"]
     for row in rows:
         run_dir = out / "points" / row["point"]
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -254,8 +257,8 @@ BAD = {
     "negative sigma": (["--grid", "chip.periphery.read_noise=0,-0.1"], "read_noise=-0.1: must be >= 0"),
     "wrong type": (["--grid", "model.width=16,wide"], "model.width='wide': expected an integer"),
     "no grid": ([], "nothing to sweep"),
-    "zero seeds": (["--grid", "chip.periphery.adc_bits=4", "--seeds", "0"], "--seeds=0: must be an integer >= 1"),
-    "zero workers": (["--grid", "chip.periphery.adc_bits=4", "--workers", "0"], "--workers=0: must be >= 1"),
+    "zero seeds": (["--grid", "chip.periphery.adc_bits=4", "--seeds", "0"], "--seeds='0': must be >= 1"),
+    "zero workers": (["--grid", "chip.periphery.adc_bits=4", "--workers", "0"], "--workers='0': must be >= 1"),
     "address without ray": (["--grid", "chip.periphery.adc_bits=4", "--address", "auto"], "only used with"),
 }
 

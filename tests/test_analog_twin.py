@@ -22,7 +22,7 @@ def setup(lr=5e-4, optimizer="lion"):
     model = EquilibriumTransformer(TransformerConfig(vocab_size=corpus.vocab_size, context=16, width=32,
                                                      heads=2, embed_scale=1.0))
     args = (RelaxConfig(steps=30), EPConfig(steps=10), OptimizerConfig(name=optimizer, lr=lr, weight_decay=0.0),
-            ScheduleConfig(name="constant", total_steps=STEPS), StabilizerConfig())
+            ScheduleConfig(name="constant", warmup=0, total_steps=STEPS), StabilizerConfig(jacreg=0.0))
     return corpus, model, args
 
 
@@ -116,7 +116,7 @@ def test_analog_twin_on_a_circuit_reports_settles_energy_and_learns():
     # cycle-to-cycle noise off: aihwkit's generator for it is unseeded (see the test above)
     chip = ChipConfig(device=DeviceConfig(model="ConstantStep", overrides=dict(dw_min=2.5e-4, dw_min_std=0.0)),
                       periphery=PeripheryConfig(dac_bits=8, adc_bits=8, read_noise=0.01))
-    twin = AnalogTwin(model, chip, *args, circuit=spec.circuit, settle=spec.settle, energy=spec.energy)
+    twin = AnalogTwin(model, chip, *args, circuit=spec.dynamics, settle=spec.settle, energy=spec.energy)
     gen = torch.Generator().manual_seed(0)
     train = [corpus.batch("train", 16, gen) for _ in range(30)]
     probe = train[:6]

@@ -79,7 +79,7 @@ def test_unknown_device_and_parameter_are_config_errors():
 
 
 def test_one_sided_device_without_pairs_is_refused():
-    model = EquilibriumTransformer(TransformerConfig(vocab_size=10, context=4, width=8, heads=2))
+    model = EquilibriumTransformer(TransformerConfig(vocab_size=10, context=4, width=8, heads=2, embed_scale=0.02))
     with pytest.raises(ConfigError, match="differential"):
         AnalogChip(model, ChipConfig(device=DeviceConfig(model="PCM")))
 

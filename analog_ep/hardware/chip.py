@@ -17,68 +17,18 @@ rounds the change to whole pulses (at most `max_pulses`), 'ideal' sets the weigh
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from aihwkit.simulator.tiles import AnalogTile
 
 from analog_ep.errors import check
 from analog_ep.hardware.device import DeviceConfig
 from analog_ep.hardware.ledger import PulseLedger
-from analog_ep.hardware.periphery import (NoiseSource, PeripheryConfig, analog_matmul, effective_conductances,
+from analog_ep.hardware.periphery import (NoiseSource, analog_matmul, effective_conductances,
                                           mismatch_gains)
 from analog_ep.hardware.tiles import CrossbarArray, ProgramReport
 from analog_ep.model.base import EquilibriumModel
+from analog_ep.schema.hardware import PROGRAMS, WRITES, ChipConfig  # noqa: F401  (re-exported)
 
-WRITES = ("sign_pulse", "quantized", "ideal")
-PROGRAMS = ("ideal", "verify")
-
-
-@dataclass
-class ChipConfig:
-    """Devices, periphery, tiling and write scheme of one chip."""
-
-    device: DeviceConfig = field(default_factory=DeviceConfig)
-    """The crossbar cell (aihwkit device model and its variation)."""
-    periphery: PeripheryConfig = field(default_factory=PeripheryConfig)
-    """Converters, noise, quantisation and mismatch of every read."""
-    tile_rows: int = 512
-    """Crossbar rows (inputs) per tile."""
-    tile_cols: int = 512
-    """Crossbar columns (outputs) per tile."""
-    range_factor: float = 2.0
-    """The devices' symmetric conductance range covers +-range_factor x max|W0| of each matrix:
-    headroom for learning, traded against resolution (one pulse = dw_min x that scale)."""
-    readout_on_tiles: bool = False
-    """Also put the readout W_head on a crossbar."""
-    embeddings_on_tiles: bool = False
-    """Also put the token and position embeddings on crossbars (read as one-hot rows)."""
-    program: str = "ideal"
-    """Initial programming: 'ideal' (set exactly) or 'verify' (pulse-and-read until within tolerance)."""
-    program_tolerance: float = 0.5
-    """Program-and-verify stops for a device within this many nominal pulse steps of its target."""
-    program_rounds: int = 200
-    """Program-and-verify round cap."""
-    write: str = "sign_pulse"
-    """'sign_pulse' (one pulse per device per round, Lion), 'quantized' (update rounded to whole
-    pulses) or 'ideal' (weights set exactly: the comparison baseline)."""
-    max_pulses: int = 8
-    """Cap on pulses per device per step for 'quantized' writes and trust-ratio gains."""
-    seed: int = 0
-    """Chip seed: device-to-device variation and mismatch are drawn once from it."""
-
-    def __post_init__(self):
-        if isinstance(self.device, dict):
-            self.device = DeviceConfig(**self.device)
-        if isinstance(self.periphery, dict):
-            self.periphery = PeripheryConfig(**self.periphery)
-        check(self.write in WRITES, "write", self.write, "unknown write scheme", f"use one of {', '.join(WRITES)}")
-        check(self.program in PROGRAMS, "program", self.program, "unknown programming",
-              f"use one of {', '.join(PROGRAMS)}")
-        check(self.tile_rows >= 1 and self.tile_cols >= 1, "tile_rows", (self.tile_rows, self.tile_cols),
-              "tile sizes must be >= 1")
-        check(self.range_factor > 0, "range_factor", self.range_factor, "must be > 0")
-        check(self.max_pulses >= 1, "max_pulses", self.max_pulses, "must be >= 1")
 
 
 def device_bounds(device: DeviceConfig) -> tuple[float, float]:

@@ -15,67 +15,14 @@ stack, as composable pieces:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from analog_ep.errors import AnalogEPError, check
+from analog_ep.errors import AnalogEPError
 from analog_ep.model.base import EquilibriumModel
-
-
-@dataclass
-class StabilizerConfig:
-    """Stabilisers applied around each training step (all off at their defaults unless noted)."""
-
-    jacreg: float = 0.0
-    """Initial weight lambda of the Jacobian penalty ||J_nc||_F^2 (0: off)."""
-    jacreg_floor: float | None = None
-    """Controller floor for lambda (None: the initial jacreg). Keep it > 0: lambda -> 0 runs blew up."""
-    jacreg_max: float = 16.0
-    """Controller ceiling for lambda."""
-    residual_target: float = 5e-3
-    """Residual the controller steers toward."""
-    residual_ema: float = 0.0
-    """EMA factor on the residual fed to the controller (0: raw; 0.9 stops controller thrash)."""
-    controller_exponent: float = 0.3
-    """lambda <- lambda * (res / target) ** exponent each step."""
-    resreg: float = 0.0
-    """T1-residual penalty as a fraction of the task-gradient norm (0: off)."""
-    resreg_onset: float = 7e-4
-    """Residual below which resreg is inactive."""
-    resreg_full: float = 2e-2
-    """Residual at which resreg reaches its full fraction (linear ramp from 0 above the onset)."""
-    eigreg: float = 0.0
-    """Weight of relu(omega(J_nc) - margin)^2, omega the numerical abscissa (0: off)."""
-    eig_margin: float = 1.0
-    """Abscissa above which eigreg acts (the free-phase Hopf boundary is near 1 + damping)."""
-    gate: float = 0.0
-    """Validity gate: above this residual skip the task gradient and apply only jacreg (0: off)."""
-    abort_residual: float = 0.1
-    """Abort fuse: residual that counts as lost containment (0: off)."""
-    abort_patience: int = 100
-    """Abort after this many consecutive steps above `abort_residual`."""
-    spectral_bound: float = 0.0
-    """Project attention/FFN weights so their largest singular value <= this after each step (0: off)."""
-    weight_cap: float = 3.0
-    """Cap each weight matrix's Frobenius norm at this multiple of its initial norm (0: off); applied
-    after the spectral projection when both are set."""
-    damping_feedback: bool = False
-    """Without jacreg: raise the damping c x1.3 when res > 1e-3, lower it x0.97 when res < 2e-4."""
-    damping_max: float = 8.0
-    """Ceiling of the damping feedback."""
-
-    def __post_init__(self):
-        for key in ("jacreg", "jacreg_max", "resreg", "eigreg", "gate", "abort_residual", "spectral_bound",
-                    "weight_cap", "residual_ema"):
-            check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0")
-        check(self.residual_target > 0, "residual_target", self.residual_target, "must be > 0")
-        check(0 <= self.residual_ema < 1, "residual_ema", self.residual_ema, "must be in [0, 1)")
-        check(self.abort_patience >= 1, "abort_patience", self.abort_patience, "must be >= 1")
-        check(self.resreg_full > self.resreg_onset, "resreg_full", self.resreg_full,
-              f"must exceed resreg_onset={self.resreg_onset}")
+from analog_ep.schema.train import StabilizerConfig  # noqa: F401  (re-exported)
 
 
 class AbortTraining(AnalogEPError):

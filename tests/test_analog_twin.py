@@ -130,3 +130,25 @@ def test_analog_twin_on_a_circuit_reports_settles_energy_and_learns():
     assert after < before - 0.1
     assert r.settle_time > 0 and r.energy > 0 and r.pulses > 0 and r.verdict == "settled"
     assert cost["write_j"] == pytest.approx(spec.energy.e_pulse * r.pulses)
+
+
+def test_sign_pulse_lion_writes_the_weight_decay_the_digital_twin_applies():
+    """Lion's decoupled decay is not in its signs: the chip writes it as pulses toward zero, so with
+    no gradient both twins' matrices shrink alike (the digital twin by 1% per step exactly)."""
+    corpus, model, args = setup(lr=5e-4, optimizer="lion")
+    args[2].weight_decay = 20.0  # lr x weight_decay = 1% of every weight per step
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    chip = ChipConfig(device=DeviceConfig(model="ConstantStep", overrides=dict(dw_min=2.5e-4, dw_min_std=0.0)))
+    analog, digital = AnalogTwin(model, chip, *args), DigitalTwin(model, *args)
+    zeros = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    steps = 30
+    for _ in range(steps):
+        analog._apply(zeros)
+        digital._apply(zeros)
+    expected = (1 - 5e-4 * 20.0) ** steps
+    for name, arr in analog.chip.arrays.items():
+        W, D, W0 = arr.read(), digital.model.get_parameter(name).detach(), w0[name]
+        slope_a, slope_d = (float((M * W0).sum() / W0.pow(2).sum()) for M in (W, D))
+        print(f"\n{name}: analog {slope_a:.4f} x W0, digital {slope_d:.4f} x W0 (exact {expected:.4f}), "
+              f"{analog.chip.pulses} pulses")
+        assert slope_d == pytest.approx(expected, rel=1e-5) and abs(slope_a - slope_d) < 0.01, name

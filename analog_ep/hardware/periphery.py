@@ -47,15 +47,18 @@ def mismatch_gains(shape, sigma: float, clamp: tuple[float, float] = (0.2, 5.0),
 
 
 def quantize_levels(G: torch.Tensor, bits: int, w_min: float = -1.0, w_max: float = 1.0) -> torch.Tensor:
-    """Round to the nearest of 2**bits equally spaced levels spanning [w_min, w_max] (bits=0: G).
+    """Round to the nearest programmable level (bits=0: G itself).
 
-    Values outside the range go to the end levels (a device cannot be programmed beyond them).
+    The converters' convention: 2**bits - 1 symmetric levels k x step, |k| <= 2**(bits-1) - 1,
+    step = max(-w_min, w_max) / (2**(bits-1) - 1), so 0 and +-the larger bound are levels (a zero
+    weight reads as 0, and the level set does not depend on the sign). Values beyond a device's
+    own bounds read as those bounds (a device cannot be programmed past them).
     """
     if bits == 0:
         return G
-    step = (w_max - w_min) / (2 ** bits - 1)
-    k = ((G.clamp(w_min, w_max) - w_min) / step).round_()
-    return k.mul_(step).add_(w_min)
+    top = 2 ** (bits - 1) - 1
+    step = max(-w_min, w_max) / top
+    return G.div(step).round_().clamp_(-top, top).mul_(step).clamp_(w_min, w_max)
 
 
 def effective_conductances(G: torch.Tensor, cfg: PeripheryConfig, gains: torch.Tensor | None = None,

@@ -169,8 +169,10 @@ class PeripheryConfig:
     """Multiplicative output noise sigma: every MVM output y -> y * (1 + sigma * N(0, 1)), fresh
     every call, applied to the final model-unit output."""
     weight_bits: int = 0
-    """Programmable conductance levels: 2**weight_bits equally spaced levels over [w_min, w_max]
-    (0: analog continuum)."""
+    """Programmable conductance levels (0: analog continuum; else >= 2): the converters'
+    convention, 2**weight_bits - 1 symmetric levels k x step including 0, |k| <= 2**(weight_bits-1) - 1,
+    step = max(-w_min, w_max) / (2**(weight_bits-1) - 1), so +-the larger bound is a level; a
+    level beyond a device's own bound reads as that bound."""
     mismatch: float = 0.0
     """Static fabrication mismatch sigma: each device reads with gain 1 + sigma * N(0, 1), drawn
     once per chip (dimensionless)."""
@@ -191,8 +193,9 @@ class PeripheryConfig:
             bits = getattr(self, key)
             check(_is_int(bits) and (bits == 0 or 2 <= bits <= 32), key, bits,
                   "must be 0 (ideal) or an integer in [2, 32]", "a 1-bit converter has no step: 2*bound/(2**1-2)")
-        check(_is_int(self.weight_bits) and 0 <= self.weight_bits <= 32, "weight_bits", self.weight_bits,
-              "must be 0 (analog) or an integer in [1, 32]")
+        check(_is_int(self.weight_bits) and (self.weight_bits == 0 or 2 <= self.weight_bits <= 32), "weight_bits",
+              self.weight_bits, "must be 0 (analog) or an integer in [2, 32]",
+              "1 bit gives a single level, 0, in the symmetric convention")
         for key in ("dac_bound", "adc_bound"):
             bound = getattr(self, key)
             check(bound > 0 and bound != float("inf"), key, bound, "must be finite and > 0",
@@ -231,14 +234,17 @@ class ChipConfig:
     embeddings_on_tiles: bool = False
     """Also put the token and position embeddings on crossbars (read as one-hot rows)."""
     program: str = "ideal"
-    """Initial programming: 'ideal' (set exactly) or 'verify' (pulse-and-read until within tolerance)."""
+    """Initial programming: 'ideal' (set exactly) or 'verify' (pulse, then read through the
+    periphery, until every device reads within tolerance)."""
     program_tolerance: float = 0.5
-    """Program-and-verify stops for a device within this many nominal pulse steps of its target."""
+    """Program-and-verify stops pulsing a device once its read is within this many nominal pulse
+    steps of its target."""
     program_rounds: int = 200
     """Program-and-verify round cap."""
     write: str = "sign_pulse"
-    """'sign_pulse' (one pulse per device per round, Lion), 'quantized' (update rounded to whole
-    pulses) or 'ideal' (weights set exactly: the comparison baseline)."""
+    """'sign_pulse' (one pulse per device per round, Lion), 'quantized' (the optimizer's update in
+    whole pulses, stochastically rounded with the chip's own seeded generator) or 'ideal' (weights
+    set exactly: the comparison baseline). Weight decay is written as pulses in every mode."""
     max_pulses: int = 8
     """Cap on pulses per device per step for 'quantized' writes and trust-ratio gains."""
     seed: int = 0

@@ -20,8 +20,10 @@ from pathlib import Path
 import yaml
 
 from analog_ep.errors import ConfigError
-from analog_ep.schema import (ChipConfig, CircuitFile, EPConfig, OptimizerConfig, RelaxConfig, ScheduleConfig,
-                              StabilizerConfig, TextDataConfig, TrainConfig, TransformerConfig)
+from analog_ep.schema import (ChipConfig, CircuitConfig, CircuitFile, DeviceConfig,  # noqa: F401  (re-exported:
+                              EnergyConfig, EPConfig, MonitorConfig, OptimizerConfig,  # every section from here)
+                              PeripheryConfig, RelaxConfig, ScheduleConfig, SettleConfig, StabilizerConfig,
+                              TextDataConfig, TrainConfig, TransformerConfig)
 
 
 @dataclass

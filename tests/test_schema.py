@@ -166,3 +166,21 @@ def test_every_listed_aihwkit_name_builds_and_nothing_is_left_out():
     assert {cls for cls, _ in PRESET_DEVICES.values()} == shipped  # every aihwkit preset is usable by name
     for name in [*PRESET_DEVICES, *BASE_DEVICES]:
         assert DeviceConfig(model=name).device(0).__class__.__name__ in (PRESET_DEVICES.get(name) or BASE_DEVICES[name])
+
+
+@pytest.mark.parametrize("module,name", [
+    ("analog_ep.model.transformer", "TransformerConfig"), ("analog_ep.data.text", "TextDataConfig"),
+    ("analog_ep.relax.solvers", "RelaxConfig"), ("analog_ep.estimator.ep", "EPConfig"),
+    ("analog_ep.train.optim", "OptimizerConfig"), ("analog_ep.train.optim", "ScheduleConfig"),
+    ("analog_ep.train.stabilizers", "StabilizerConfig"), ("analog_ep.train.twin", "TrainConfig"),
+    ("analog_ep.hardware.chip", "ChipConfig"), ("analog_ep.hardware.device", "DeviceConfig"),
+    ("analog_ep.hardware.periphery", "PeripheryConfig"), ("analog_ep.circuit.dynamics", "CircuitConfig"),
+    ("analog_ep.circuit.measure", "SettleConfig"), ("analog_ep.circuit.monitor", "MonitorConfig"),
+    ("analog_ep.circuit.energy", "EnergyConfig"), ("analog_ep.circuit", "CircuitFile"), ("analog_ep.config", "ChipConfig"),
+])
+def test_every_old_import_path_names_the_schemas_class(module, name):
+    import importlib
+
+    import analog_ep.schema
+
+    assert getattr(importlib.import_module(module), name) is getattr(analog_ep.schema, name)

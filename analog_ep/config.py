@@ -1,11 +1,15 @@
 """The run configuration: dataclasses are the schema, YAML holds data, `--set a.b=c` overrides.
 
-`RunConfig` nests every stage's config. `load_config` reads a YAML file onto the defaults and
-applies overrides; every problem (unknown key with a did-you-mean, wrong type, out-of-range
-value, missing file) is a `ConfigError` whose message names the file and the key.
+`RunConfig` nests every stage's config (`analog_ep.schema`, where every default lives).
+`load_config` composes a chip file (with the device and circuit files it uses) onto the defaults
+and applies overrides; every problem (unknown key with a did-you-mean, wrong type, out-of-range
+value, missing file) is a `ConfigError` whose message names the file and the key. Neither this
+module nor the schema imports torch or aihwkit: listing and loading stay fast (a device's
+parameter overrides are checked against aihwkit, which is then imported).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -15,61 +19,89 @@ from pathlib import Path
 
 import yaml
 
-from analog_ep.circuit import CircuitConfig, CircuitFile
-from analog_ep.data.text import TextDataConfig
 from analog_ep.errors import ConfigError
-from analog_ep.hardware.chip import ChipConfig
-from analog_ep.estimator.ep import EPConfig
-from analog_ep.model.transformer import TransformerConfig
-from analog_ep.relax.solvers import RelaxConfig
-from analog_ep.train.optim import OptimizerConfig, ScheduleConfig
-from analog_ep.train.stabilizers import StabilizerConfig
-from analog_ep.train.twin import TrainConfig
-
-
-def _default_model() -> TransformerConfig:
-    # Small enough for a 2-core CPU; embeddings at unit scale keep LayerNorm's Jacobian O(1),
-    # so the free phase settles in tens of steps from the first update on.
-    return TransformerConfig(context=32, width=64, heads=4, embed_scale=1.0)
+from analog_ep.schema import (ChipConfig, CircuitConfig, CircuitFile, DeviceConfig,  # noqa: F401  (re-exported:
+                              EnergyConfig, EPConfig, MonitorConfig, OptimizerConfig,  # every section from here)
+                              PeripheryConfig, RelaxConfig, ScheduleConfig, SettleConfig, StabilizerConfig,
+                              TextDataConfig, TrainConfig, TransformerConfig)
 
 
 @dataclass
 class RunConfig:
     """Everything one run needs; the resolved form is saved beside every result."""
 
-    model: TransformerConfig = field(default_factory=_default_model)
+    model: TransformerConfig = field(default_factory=TransformerConfig)
     """The equilibrium transformer block (vocab_size and context follow the data)."""
-    data: TextDataConfig = field(default_factory=lambda: TextDataConfig(context=32))
+    data: TextDataConfig = field(default_factory=TextDataConfig)
     """Character-level corpus (default: CPython's documentation text)."""
-    relax: RelaxConfig = field(default_factory=lambda: RelaxConfig(steps=40))
+    relax: RelaxConfig = field(default_factory=RelaxConfig)
     """Free-phase relaxation."""
     ep: EPConfig = field(default_factory=EPConfig)
     """Nudged phases and the EP estimator."""
-    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adamw", lr=3e-3))
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     """Optimizer."""
-    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="cosine", warmup=20,
-                                                                            total_steps=300))
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """Learning-rate schedule (total_steps follows train.steps)."""
-    stabilizers: StabilizerConfig = field(default_factory=lambda: StabilizerConfig(
-        jacreg=0.1, residual_target=3e-3, residual_ema=0.9))
+    stabilizers: StabilizerConfig = field(default_factory=StabilizerConfig)
     """Stabilisers around each step."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Training loop and which twins run."""
     chip: ChipConfig = field(default_factory=ChipConfig)
     """The analog twin's chip: device, periphery, tiles, writes (from `uses.device` + inline)."""
-    circuit: CircuitFile = field(default_factory=lambda: CircuitFile(
-        circuit=CircuitConfig(integrator="euler", dt=1e-9)))
-    """The analog twin's relaxation circuit, settle protocol and energy constants
+    circuit: CircuitFile = field(default_factory=CircuitFile)
+    """The analog twin's relaxation circuit: node dynamics, settle protocol and energy constants
     (from `uses.circuit` + inline)."""
 
     def resolve(self) -> "RunConfig":
-        """Tie the fields that must agree (context, schedule length) and re-validate."""
-        self.model.context = self.data.context
-        self.schedule.total_steps = self.train.steps
-        if self.schedule.warmup >= self.train.steps:  # a shortened run keeps a proportional warmup
-            self.schedule.warmup = self.train.steps // 5
-        self.schedule.__post_init__()
-        return self
+        """A new, re-validated config with the fields that must agree tied together: the model's
+        context is the data's, the schedule spans `train.steps`, and a run shorter than its warmup
+        warms up for a fifth of its steps. `self` is left unchanged; explicit keys carry over."""
+        steps = self.train.steps
+        warmup = self.schedule.warmup if self.schedule.warmup < steps else steps // 5
+        out = copy.deepcopy(self)  # no section is shared with `self`
+        out.model = dataclasses.replace(out.model, context=self.data.context)
+        out.schedule = dataclasses.replace(out.schedule, total_steps=steps, warmup=warmup)
+        return out
+
+
+#: Where the explicitly set keys ride on a RunConfig (not a field: not part of the schema, not
+#: compared, not dumped; copies and `resolve()` keep it).
+_EXPLICIT = "_explicit_keys"
+
+
+def explicit_keys(cfg) -> frozenset[str]:
+    """The dotted keys (e.g. 'ep.restarts') the chip file itself or `--set` gave a value.
+
+    Not the defaults, and not what the device and circuit files a chip `uses:` supply. A
+    dict-valued key (a device's `overrides`) is listed whole and per entry
+    ('chip.device.overrides', 'chip.device.overrides.dw_min'). Carried by `load_config`'s result
+    and through `resolve()`. A stored run configuration (config.yaml, run.h5, state.pt) holds
+    resolved values only: reloading it for `--resume` or `diagnose --checkpoint` gives no
+    explicit keys but those of the new `--set`s, and loading it as a chip file makes every key
+    explicit (it then *is* the chip file).
+    """
+    return getattr(cfg, _EXPLICIT, frozenset())
+
+
+def with_explicit_keys(cfg: RunConfig, keys) -> RunConfig:
+    """`cfg` carrying `keys` (in place; returns it)."""
+    object.__setattr__(cfg, _EXPLICIT, frozenset(keys))
+    return cfg
+
+
+def dotted_keys(data: dict, obj=None, prefix: str = "") -> set[str]:
+    """The dotted keys a (validated) mapping sets on dataclass `obj` (RunConfig by default)."""
+    obj = RunConfig() if obj is None else obj
+    keys = set()
+    for key, value in data.items():
+        full, current = f"{prefix}{key}", getattr(obj, key)
+        if is_dataclass(current) and isinstance(value, dict):
+            keys |= dotted_keys(value, current, full + ".")
+            continue
+        keys.add(full)
+        if isinstance(current, dict) and isinstance(value, dict):
+            keys |= {f"{full}.{k}" for k in value}
+    return keys
 
 
 def to_dict(obj) -> dict:
@@ -90,6 +122,10 @@ def dump_yaml(cfg: RunConfig) -> str:
 def _suggest(key: str, options) -> str:
     close = difflib.get_close_matches(key, list(options), n=1)
     return f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(options)}"
+
+
+#: Keys renamed since 0.1.0, per section: old name -> new name (a one-line error says which).
+RENAMED = {CircuitFile: {"circuit": "dynamics"}}
 
 
 def _coerce(value, hint, key: str, source: str):
@@ -155,6 +191,9 @@ def merge(obj, data: dict, source: str, prefix: str = ""):
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
+            new = RENAMED.get(type(obj), {}).get(key)
+            if new is not None:
+                raise ConfigError(full, value, f"renamed to {prefix}{new}", f"write {new}: instead of {key}:", source)
             raise ConfigError(full, value, "unknown key", _suggest(str(key), names), source)
         current = getattr(obj, key)
         if is_dataclass(current):
@@ -190,6 +229,9 @@ def parse_override(text: str) -> dict:
 #: Where `uses:` names are looked up, relative to the chip file's folder's parent (the repo layout
 #: devices/, circuits/, chips/ side by side).
 LIBRARIES = {"device": "devices", "circuit": "circuits"}
+#: The folder of each kind of library file.
+FOLDERS = {**LIBRARIES, "chip": "chips"}
+_PACKAGE = Path(__file__).resolve().parent
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -242,9 +284,20 @@ def read_yaml(path: str | Path, what: str = "config file") -> dict:
     return data
 
 
+def shipped_root() -> Path:
+    """The folder holding the shipped devices/, circuits/ and chips/.
+
+    An installed wheel carries them inside the package (`analog_ep/library/`, copied there at
+    build time by setup.py); a source checkout or an editable install reads the repository's
+    top-level folders themselves.
+    """
+    packaged = _PACKAGE / "library"
+    return packaged if packaged.is_dir() else _PACKAGE.parent
+
+
 def library(kind: str, root: Path | None = None) -> dict[str, Path]:
-    """name -> file of the shipped (or a project's) devices / circuits / chips."""
-    folder = (root or Path(__file__).resolve().parents[1]) / {**LIBRARIES, "chip": "chips"}[kind]
+    """name -> file of the shipped (or, with `root`, a project's) devices / circuits / chips."""
+    folder = (root or shipped_root()) / FOLDERS[kind]
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
 
 
@@ -263,7 +316,9 @@ def _resolve(kind: str, name, chip_path: Path) -> Path:
 
 
 def compose(path: str | Path) -> RunConfig:
-    """Defaults <- the device file <- the circuit file <- the chip file's own sections."""
+    """Defaults <- the device file <- the circuit file <- the chip file's own sections.
+
+    The result carries the chip file's own keys as its explicit keys (`explicit_keys`)."""
     path = Path(path)
     data = read_yaml(path)
     uses = data.pop("uses", {}) or {}
@@ -280,12 +335,26 @@ def compose(path: str | Path) -> RunConfig:
     if "circuit" in uses:
         circ_path = _resolve("circuit", uses["circuit"], path)
         cfg = merge(cfg, {"circuit": read_yaml(circ_path, "circuit file")}, str(circ_path))
-    return merge(cfg, data, str(path))
+    cfg = merge(cfg, data, str(path))
+    return with_explicit_keys(cfg, dotted_keys(data))
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str] = ()) -> RunConfig:
+    """`cfg` with `--set key=value` texts applied; their keys join the explicit keys (not resolved)."""
+    keys = set(explicit_keys(cfg))
+    for text in overrides:
+        data = parse_override(text)
+        cfg = merge(cfg, data, "--set")
+        keys |= dotted_keys(data)
+    return with_explicit_keys(cfg, keys)
 
 
 def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig:
     """Defaults <- chip file (with the device and circuit it uses) <- `--set` overrides, resolved."""
     cfg = compose(path) if path is not None else RunConfig()
-    for text in overrides:
-        cfg = merge(cfg, parse_override(text), "--set")
-    return cfg.resolve()
+    return apply_overrides(cfg, overrides).resolve()
+
+
+def load_circuit(path: str | Path) -> CircuitFile:
+    """Read and validate a circuit file (one-line ConfigError naming file and key on problems)."""
+    return merge(CircuitFile(), read_yaml(path, "circuit file"), str(path))

@@ -22,7 +22,7 @@ def setup(lr=5e-4, optimizer="lion"):
     model = EquilibriumTransformer(TransformerConfig(vocab_size=corpus.vocab_size, context=16, width=32,
                                                      heads=2, embed_scale=1.0))
     args = (RelaxConfig(steps=30), EPConfig(steps=10), OptimizerConfig(name=optimizer, lr=lr, weight_decay=0.0),
-            ScheduleConfig(name="constant", total_steps=STEPS), StabilizerConfig())
+            ScheduleConfig(name="constant", warmup=0, total_steps=STEPS), StabilizerConfig(jacreg=0.0))
     return corpus, model, args
 
 
@@ -116,7 +116,7 @@ def test_analog_twin_on_a_circuit_reports_settles_energy_and_learns():
     # cycle-to-cycle noise off: aihwkit's generator for it is unseeded (see the test above)
     chip = ChipConfig(device=DeviceConfig(model="ConstantStep", overrides=dict(dw_min=2.5e-4, dw_min_std=0.0)),
                       periphery=PeripheryConfig(dac_bits=8, adc_bits=8, read_noise=0.01))
-    twin = AnalogTwin(model, chip, *args, circuit=spec.circuit, settle=spec.settle, energy=spec.energy)
+    twin = AnalogTwin(model, chip, *args, circuit=spec.dynamics, settle=spec.settle, energy=spec.energy)
     gen = torch.Generator().manual_seed(0)
     train = [corpus.batch("train", 16, gen) for _ in range(30)]
     probe = train[:6]
@@ -130,3 +130,25 @@ def test_analog_twin_on_a_circuit_reports_settles_energy_and_learns():
     assert after < before - 0.1
     assert r.settle_time > 0 and r.energy > 0 and r.pulses > 0 and r.verdict == "settled"
     assert cost["write_j"] == pytest.approx(spec.energy.e_pulse * r.pulses)
+
+
+def test_sign_pulse_lion_writes_the_weight_decay_the_digital_twin_applies():
+    """Lion's decoupled decay is not in its signs: the chip writes it as pulses toward zero, so with
+    no gradient both twins' matrices shrink alike (the digital twin by 1% per step exactly)."""
+    corpus, model, args = setup(lr=5e-4, optimizer="lion")
+    args[2].weight_decay = 20.0  # lr x weight_decay = 1% of every weight per step
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    chip = ChipConfig(device=DeviceConfig(model="ConstantStep", overrides=dict(dw_min=2.5e-4, dw_min_std=0.0)))
+    analog, digital = AnalogTwin(model, chip, *args), DigitalTwin(model, *args)
+    zeros = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    steps = 30
+    for _ in range(steps):
+        analog._apply(zeros)
+        digital._apply(zeros)
+    expected = (1 - 5e-4 * 20.0) ** steps
+    for name, arr in analog.chip.arrays.items():
+        W, D, W0 = arr.read(), digital.model.get_parameter(name).detach(), w0[name]
+        slope_a, slope_d = (float((M * W0).sum() / W0.pow(2).sum()) for M in (W, D))
+        print(f"\n{name}: analog {slope_a:.4f} x W0, digital {slope_d:.4f} x W0 (exact {expected:.4f}), "
+              f"{analog.chip.pulses} pulses")
+        assert slope_d == pytest.approx(expected, rel=1e-5) and abs(slope_a - slope_d) < 0.01, name

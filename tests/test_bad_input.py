@@ -96,7 +96,7 @@ CASES = {
                                "must be >= 0"),
     "negative cycle noise": value("chip: {device: {model: ReRamSB, overrides: {dw_min_std: -0.3}}}\n",
                                   "chip.device.overrides.dw_min_std=-0.3", "must be >= 0", "use 0"),
-    "negative thermal noise": value("circuit: {circuit: {noise: -0.002}}\n", "circuit.circuit.noise=-0.002",
+    "negative thermal noise": value("circuit: {dynamics: {noise: -0.002}}\n", "circuit.dynamics.noise=-0.002",
                                     "must be >= 0"),
     "negative ADC noise": value("circuit: {settle: {adc_noise: -1}}\n", "circuit.settle.adc_noise=-1",
                                 "must be >= 0"),

@@ -199,7 +199,7 @@ def test_restarts_are_deterministic_on_the_digital_model(thick):
 @pytest.mark.parametrize("mode", ["real", "energy", "mono"])
 def test_holomorphic_rejects_non_analytic_mode(mode):
     model = EquilibriumTransformer(TransformerConfig(vocab_size=20, context=4, width=8, heads=2, memory=8,
-                                                     mode=mode)).double()
+                                                     embed_scale=0.02, mode=mode)).double()
     x, y = batch(context=4, b=1)
     with torch.no_grad():
         x_in = model.drive(x)

@@ -202,7 +202,7 @@ def test_abscissa_penalty_off_below_margin_and_descends_above(block):
 
 def test_controller_rises_falls_to_floor_and_caps():
     cfg = StabilizerConfig(jacreg=0.1, jacreg_floor=0.05, jacreg_max=0.5, residual_target=1e-3,
-                           controller_exponent=0.3)
+                           controller_exponent=0.3, residual_ema=0.0)
     ctl = JacobianController(cfg)
     up = [ctl.update(1e-2) for _ in range(10)]
     print(f"\nlambda above target: {[round(v, 4) for v in up]}")
@@ -231,7 +231,7 @@ def test_controller_residual_ema():
     expected = 0.9 * 1e-3 + 0.1 * 1e-1
     assert ctl.residual_smoothed == pytest.approx(expected)
     assert ctl.weight == pytest.approx(w * ((expected + 1e-9) / 1e-3) ** 0.3)
-    raw = JacobianController(StabilizerConfig(jacreg=0.1, jacreg_max=100.0, residual_target=1e-3))
+    raw = JacobianController(StabilizerConfig(jacreg=0.1, jacreg_max=100.0, residual_target=1e-3, residual_ema=0.0))
     raw.update(1e-3)
     raw.update(1e-1)
     print(f"\nafter a spike: smoothed lambda {ctl.weight:.4f}, raw lambda {raw.weight:.4f}")

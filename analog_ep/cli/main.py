@@ -12,11 +12,10 @@ import sys
 import traceback
 from pathlib import Path
 
-import torch
 import yaml
 
 from analog_ep import __version__
-from analog_ep.config import RunConfig, dump_yaml, library, load_config, merge, parse_override
+from analog_ep.config import RunConfig, dump_yaml, load_config, merge, parse_override
 from analog_ep.errors import AnalogEPError, ConfigError
 
 
@@ -56,21 +55,23 @@ def cmd_validate(args) -> int:
 
     check_device_config(cfg.chip.device)
     print(f"{args.chip}: ok ({cfg.chip.device.model} on {cfg.chip.tile_rows}x{cfg.chip.tile_cols} tiles, "
-          f"{cfg.circuit.circuit.kind} circuit, twins {', '.join(cfg.train.twins)})")
+          f"{cfg.circuit.dynamics.kind} circuit, twins {', '.join(cfg.train.twins)})")
     if args.show:
         print(dump_yaml(cfg), end="")
     return 0
 
 
 def cmd_list(args) -> int:
-    for name, path in library(args.kind.rstrip("s")).items():
-        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
-        print(f"{name:<16} {first}")
+    from analog_ep.cli.listing import format_listing
+
+    print(format_listing(args.kind), end="")
     return 0
 
 
 def _load_checkpoint(path: str) -> dict:
     """A run's state, or a one-line error saying why the file is not one."""
+    import torch
+
     p = Path(path)
     if p.is_dir():
         p = p / "state.pt"
@@ -178,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
     val.add_argument("--show", action="store_true", help="print the fully resolved configuration")
     val.set_defaults(func=cmd_validate, parser=val)
 
-    lst = sub.add_parser("list", help="the shipped devices, circuits or chips")
+    lst = sub.add_parser("list", help="the shipped devices (and aihwkit's models by name), circuits or chips")
     lst.add_argument("kind", choices=["devices", "circuits", "chips"])
     lst.set_defaults(func=cmd_list, parser=lst)
 

@@ -15,6 +15,7 @@ the devices' cycle-to-cycle and write noise come from its seeded generator (see
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,14 +33,21 @@ _SATURATING_LR = 1e6
 
 @dataclass
 class ProgramReport:
-    """What programming a matrix cost."""
+    """What programming a matrix cost, and how far from its target it ended."""
 
     pulses: int
     """Pulses sent (0 for an ideal write)."""
     rounds: int
     """Verify iterations (pulse rounds)."""
     max_error: float
-    """Largest |W - W_target| left, in model units."""
+    """Largest |W - W_target| left in the devices, in model units (the simulator's knowledge: what
+    the conductances hold, not what a read shows)."""
+    rms_error: float = 0.0
+    """Root-mean-square |W - W_target| left in the devices, in model units."""
+    reads: int = 0
+    """Matrix-vector reads the verification used (one per input row per verify read)."""
+    read_error: float = 0.0
+    """Largest |read - W_target| at the last verify read, in model units: what the chip saw."""
 
 
 class CrossbarArray:
@@ -158,26 +166,32 @@ class CrossbarArray:
         full[r0:r1, c0:c1] = torch.as_tensor(signs, dtype=torch.int8)
         return self.pulse(full, step, phase)
 
-    def program(self, target: torch.Tensor, tolerance: float = 0.5, max_rounds: int = 200,
-                start: torch.Tensor | None = None) -> ProgramReport:
+    def program(self, target: torch.Tensor, read: Callable[[], torch.Tensor], tolerance: float = 0.5,
+                max_rounds: int = 200, start: torch.Tensor | None = None) -> ProgramReport:
         """Program-and-verify: read, pulse toward the target, repeat.
 
-        Devices whose error exceeds `tolerance` x the nominal pulse step get one pulse per round
-        toward their target; stops when all are within tolerance or after `max_rounds`.
-        `start` (model units) is the as-fabricated state written first (default: zeros).
+        `read()` is how the controller sees the matrix, (in, out) model units: an `AnalogChip`
+        passes its periphery read (`AnalogChip.read_matrix`: converters, read noise, mismatch,
+        levels); `self.read` is the simulator's noiseless view of the conductances, which no chip
+        has. Devices whose read error exceeds `tolerance` x the nominal pulse step get one pulse per
+        round toward their target; stops when every device reads within tolerance or after
+        `max_rounds`. `start` (model units) is the as-fabricated state written first (default:
+        zeros). The report counts the reads and says how far the devices really ended.
         """
         self.set(torch.zeros(self.shape) if start is None else start)
         step = self.device.dw_min * self.scale
-        sent = rounds = 0
-        error = target - self.read()
-        while rounds < max_rounds:
+        sent = rounds = reads = 0
+        while True:
+            error = target - read()
+            reads += self.shape[0]
             mask = error.abs() > tolerance * step
-            if not bool(mask.any()):
+            if rounds >= max_rounds or not bool(mask.any()):
                 break
             sent += self.pulse(torch.sign(error) * mask, step=0, phase="program")
             rounds += 1
-            error = target - self.read()
-        return ProgramReport(sent, rounds, float(error.abs().max()))
+        left = target - self.read()
+        return ProgramReport(sent, rounds, float(left.abs().max()), float(left.pow(2).mean().sqrt()), reads,
+                             float(error.abs().max()))
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:

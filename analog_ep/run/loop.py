@@ -78,7 +78,7 @@ def make_twins(cfg: RunConfig, model: EquilibriumTransformer) -> dict:
 
             circuit = cfg.circuit
             twins[name] = AnalogTwin(model, cfg.chip, *common, gradient="ep", seed=cfg.train.seed,
-                                     circuit=circuit.circuit, settle=circuit.settle, energy=circuit.energy)
+                                     circuit=circuit.dynamics, settle=circuit.settle, energy=circuit.energy)
         else:
             gradient = "bptt" if name == "bptt" else cfg.train.gradient
             twins[name] = DigitalTwin(copy.deepcopy(model), *common, gradient=gradient, ema=cfg.train.ema,

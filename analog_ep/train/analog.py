@@ -8,8 +8,11 @@ estimate is formed from those settles, and the update is written back through th
   dw_min x scale (the configured lr still drives the digital parameters: biases, LayerNorms...).
   With Lion's trust ratio the per-tensor gain becomes a whole number of pulses,
   clamp(round(lr_eff / pulse step), 1, max_pulses).
+  Lion's decoupled weight decay is not in the signs: the chip writes it as pulses toward zero
+  (`AnalogChip.write(decay=...)`), as the digital twin applies it.
 * Any other optimizer (or 'quantized'/'ideal' writes): the optimizer's digital step is computed,
-  and its change of each held matrix is written through the chip (rounded to pulses, or exact).
+  weight decay included, and its change of each held matrix is written through the chip
+  (stochastically rounded to pulses, or exact).
 
 Norm caps and spectral projections do not apply to held matrices: the devices' bounds do.
 """
@@ -120,7 +123,10 @@ class AnalogTwin(DigitalTwin):
             counts = None
             if self.optim_config.trust_ratio:
                 counts = {n: max(1, round(lr / self.chip.step_size[n])) for n, (_, lr) in on_chip.items()}
-            self.chip.last_pulses = self.chip.write(deltas, self.current_step, counts)
+            group_of = {p: g for g in self.optimizer.param_groups for p in g["params"]}
+            decay = {n: group_of[p]["lr"] * group_of[p]["weight_decay"] for n, p in held.items()
+                     if n in on_chip and group_of[p]["weight_decay"] > 0}
+            self.chip.last_pulses = self.chip.write(deltas, self.current_step, counts, decay)
         else:
             before = {n: p.detach().clone() for n, p in held.items()}
             self.optimizer.step()

@@ -18,80 +18,13 @@ stack, as composable pieces:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from analog_ep.errors import check
 from analog_ep.model.base import EquilibriumModel
-
-
-@dataclass
-class StabilizerConfig:
-    """Stabilisers applied around each training step (all off at their defaults unless noted)."""
-
-    jacreg: float = 0.0
-    """Initial weight lambda of the Jacobian penalty ||J_nc||_F^2 (0: off)."""
-    jacreg_floor: float | None = None
-    """Controller floor for lambda (None: the initial jacreg). Keep it > 0: lambda -> 0 runs blew up."""
-    jacreg_max: float = 16.0
-    """Controller ceiling for lambda."""
-    residual_target: float = 5e-3
-    """Residual the controller steers toward."""
-    residual_ema: float = 0.0
-    """EMA factor on the residual fed to the controller (0: raw; 0.9 stops controller thrash)."""
-    controller_exponent: float = 0.3
-    """lambda <- lambda * (res / target) ** exponent each step."""
-    resreg: float = 0.0
-    """T1-residual penalty as a fraction of the task-gradient norm (0: off)."""
-    resreg_onset: float = 7e-4
-    """Residual below which resreg is inactive."""
-    resreg_full: float = 2e-2
-    """Residual at which resreg reaches its full fraction (linear ramp from 0 above the onset)."""
-    eigreg: float = 0.0
-    """Weight of relu(omega(J_nc) - margin)^2, omega the numerical abscissa (0: off)."""
-    eig_margin: float = 1.0
-    """Abscissa above which eigreg acts (the free-phase Hopf boundary is near 1 + damping)."""
-    gate: float = 0.0
-    """Validity gate: above this residual skip the task gradient and apply only jacreg (0: off)."""
-    abort_residual: float = 0.1
-    """Abort fuse: a free-phase residual above this counts as lost containment (0: off). 0.1 is
-    20x the noisiest shipped chip's floor (5e-3): EP's estimate is meaningless there."""
-    abort_patience: int = 20
-    """The twin has diverged after this many consecutive steps above `abort_residual` (the
-    research trainer's 100 is longer than most runs; a Hopf limit cycle does not recover)."""
-    diverge_loss_factor: float = 10.0
-    """A training loss above this multiple of the twin's initial validation loss (at step 0) counts
-    toward divergence (0: off). 10x an untrained model's loss is far beyond any learning curve."""
-    diverge_patience: int = 10
-    """The twin has diverged after this many consecutive steps above `diverge_loss_factor` x the
-    initial loss. (A non-finite loss, gradient or state is divergence at once.)"""
-    spectral_bound: float = 0.0
-    """Project attention/FFN weights so their largest singular value <= this after each step (0: off)."""
-    weight_cap: float = 3.0
-    """Cap each weight matrix's Frobenius norm at this multiple of its initial norm (0: off); applied
-    after the spectral projection when both are set."""
-    damping_feedback: bool = False
-    """Without jacreg: raise the damping c x1.3 when res > 1e-3, lower it x0.97 when res < 2e-4."""
-    damping_max: float = 8.0
-    """Ceiling of the damping feedback."""
-
-    def __post_init__(self):
-        for key in ("jacreg", "jacreg_max", "resreg", "eigreg", "gate", "abort_residual", "spectral_bound",
-                    "weight_cap", "residual_ema"):
-            check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0", "use 0 for off")
-        check(self.residual_target > 0, "residual_target", self.residual_target, "must be > 0")
-        check(0 <= self.residual_ema < 1, "residual_ema", self.residual_ema, "must be in [0, 1)")
-        check(self.abort_patience >= 1, "abort_patience", self.abort_patience, "must be >= 1",
-              "e.g. 20 steps")
-        check(self.diverge_loss_factor == 0 or self.diverge_loss_factor > 1, "diverge_loss_factor",
-              self.diverge_loss_factor, "must be > 1 (a multiple of the initial loss)", "e.g. 10, or 0 for off")
-        check(self.diverge_patience >= 1, "diverge_patience", self.diverge_patience, "must be >= 1",
-              "e.g. 10 steps")
-        check(self.resreg_full > self.resreg_onset, "resreg_full", self.resreg_full,
-              f"must exceed resreg_onset={self.resreg_onset}")
+from analog_ep.schema.train import StabilizerConfig  # noqa: F401  (re-exported)
 
 
 def _jacobian_products_with_params(model: EquilibriumModel, x_in: torch.Tensor, z: torch.Tensor):

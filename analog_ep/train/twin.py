@@ -16,55 +16,12 @@ from analog_ep.estimator.ep import EPConfig, estimate_adjoint, vector_field_grad
 from analog_ep.estimator.exact import adjoint_gradient, bptt_gradient
 from analog_ep.model.base import EquilibriumModel
 from analog_ep.relax.solvers import RelaxConfig, relax
+from analog_ep.schema.train import GRADIENTS, TWINS, TrainConfig  # noqa: F401  (re-exported)
 from analog_ep.train.optim import (OptimizerConfig, ParameterEMA, ScheduleConfig, build_optimizer,
                                    build_scheduler, clip_gradients)
 from analog_ep.train.stabilizers import (JacobianController, StabilizerConfig, WeightConstraints, abscissa_penalty,
                                          add_scaled, grad_norm, jacobian_penalty, residual_penalty, resreg_fraction)
 
-GRADIENTS = ("ep", "bptt", "adjoint")
-TWINS = ("analog", "digital", "bptt")
-
-
-@dataclass
-class TrainConfig:
-    """The training loop."""
-
-    steps: int = 300
-    """Optimizer steps."""
-    batch_size: int = 32
-    """Sequences (or samples) per step."""
-    gradient: str = "ep"
-    """Gradient of the digital twin: 'ep', 'bptt' or 'adjoint'."""
-    twins: tuple[str, ...] = ("analog", "digital")
-    """Twins trained side by side from the same initial weights on the same batches: 'analog'
-    (the chip), 'digital' (ideal weights, exact relaxation, EP), 'bptt' (digital, BPTT)."""
-    update_cos: bool = False
-    """Also record, each step, the cosine between the analog twin's update and the digital EP
-    gradient at the analog weights (one extra digital EP evaluation per step)."""
-    eval_every: int = 50
-    """Steps between validation evaluations (step 0 and the last step are always evaluated;
-    evaluation has its own noise generators, so this does not change training)."""
-    eval_batches: int = 4
-    """Fixed validation batches per evaluation (the same for every twin and every evaluation)."""
-    checkpoint_every: int = 10
-    """Steps between checkpoints (state.pt, run.h5, best.pt, curves.png; every evaluation and the
-    last step also checkpoint): a kill loses at most this many steps (~13 s of the default job)."""
-    ema: float = 0.0
-    """Parameter-EMA decay used for evaluation (0: off)."""
-    seed: int = 0
-    """Seed of the batch sampler and the stabilisers' random probes."""
-
-    def __post_init__(self):
-        check(self.gradient in GRADIENTS, "gradient", self.gradient, "unknown gradient",
-              f"use one of {', '.join(GRADIENTS)}")
-        for key in ("steps", "batch_size", "eval_every", "eval_batches", "checkpoint_every"):
-            check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1", "e.g. 10")
-        check(0 <= self.ema < 1, "ema", self.ema, "must be in [0, 1)")
-        self.twins = tuple(self.twins)
-        for name in self.twins:
-            check(name in TWINS, "twins", list(self.twins), f"unknown twin {name!r}", f"use some of {', '.join(TWINS)}")
-        check(len(set(self.twins)) == len(self.twins) and self.twins, "twins", list(self.twins),
-              "must name each twin at most once, and at least one")
 
 
 @dataclass

@@ -111,7 +111,7 @@ CASES = {
     "33-bit ADC": value("chip: {periphery: {adc_bits: 33}}\n", "chip.periphery.adc_bits=33", "[2, 32]"),
     "64-bit ADC": value("chip: {periphery: {adc_bits: 64}}\n", "chip.periphery.adc_bits=64", "[2, 32]"),
     "1-bit node ADC": value("circuit: {settle: {adc_bits: 1}}\n", "circuit.settle.adc_bits=1", "0 or"),
-    "33 weight bits": value("chip: {periphery: {weight_bits: 33}}\n", "chip.periphery.weight_bits=33", "[1, 32]"),
+    "33 weight bits": value("chip: {periphery: {weight_bits: 33}}\n", "chip.periphery.weight_bits=33", "[2, 32]"),
     "unknown preset": value("chip: {device: {model: ReRamXB}}\n", "chip.device.model='ReRamXB'",
                             "unknown device", "did you mean 'ReRamSB'"),
     "unknown base class": value("chip: {device: {model: SoftBound}}\n", "chip.device.model='SoftBound'",

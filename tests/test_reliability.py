@@ -110,10 +110,14 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(chip, reference, 
     rng = random.Random(f"kill {chip}")
     # A random moment after step 2 or 3 was checkpointed (within the next step or its checkpoint): the
     # state resumed from has pulses and noise draws behind it, whichever file the kill interrupts.
-    step, delay = rng.randint(2, STEPS - 2), rng.uniform(0.0, 1.5)
+    # The delay is a random fraction of one measured step, so the kill lands before the run ends on any machine.
+    step, fraction = rng.randint(2, STEPS - 2), rng.uniform(0.0, 0.8)
     out = tmp_path / "killed"
     proc = _start(chip, out)
+    _wait_for_step(out, step - 1, proc)
+    started = time.monotonic()
     _wait_for_step(out, step, proc)
+    delay = fraction * (time.monotonic() - started)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

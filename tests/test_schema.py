@@ -125,12 +125,12 @@ def test_explicit_keys_are_the_chip_files_and_the_command_lines(project):
 
 def test_a_stored_run_config_carries_values_not_explicit_keys(project, tmp_path):
     from analog_ep.config import dump_yaml
-    from analog_ep.run.loop import config_from_state
+    from analog_ep.run.loop import run_config
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(dump_yaml(load_config(str(project), ["relax.steps=30"])))
-    reloaded = config_from_state(run)
+    reloaded = run_config(run)
     assert reloaded == load_config(str(project), ["relax.steps=30"]) and explicit_keys(reloaded) == frozenset()
     assert explicit_keys(apply_overrides(reloaded, ["train.steps=5"])) == {"train.steps"}
 

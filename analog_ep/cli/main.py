@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from analog_ep import __version__
-from analog_ep.config import RunConfig, dump_yaml, library, load_config, merge, parse_override
+from analog_ep.config import DEFAULT_CHIP, RunConfig, describe, dump_yaml, library, load_config, merge, parse_override
 from analog_ep.errors import AnalogEPError, ConfigError
 
 
@@ -28,7 +28,14 @@ def _overrides(args) -> list[str]:
 def cmd_run(args) -> int:
     from analog_ep.run.loop import check_out_dir, config_from_state, run_job
 
-    out = Path(args.out)
+    if args.resume and args.out is None:
+        raise ConfigError("--out", None, "required with --resume", "name the run directory to continue: "
+                          "analog-ep run --resume --out DIR")
+    if args.resume and args.chip is not None:
+        raise ConfigError("CHIP", args.chip, "not used with --resume",
+                          "drop it: a resumed run continues with its own config.yaml; --set and --steps still apply")
+    chip = args.chip or DEFAULT_CHIP
+    out = Path(args.out or Path("runs") / Path(chip).stem)
     check_out_dir(out, args.resume)
     if args.resume:  # the run's own resolved config; --steps may extend it
         cfg = config_from_state(out)
@@ -36,7 +43,7 @@ def cmd_run(args) -> int:
             cfg = merge(cfg, parse_override(text), "--set")
         cfg = cfg.resolve()
     else:
-        cfg = load_config(args.chip, _overrides(args))
+        cfg = load_config(chip, _overrides(args))
     out.mkdir(parents=True, exist_ok=True)
     summary = run_job(cfg, out, resume=args.resume, progress=not args.quiet, stop_after=args.stop_after)
     print(json.dumps(summary))
@@ -49,16 +56,15 @@ def cmd_validate(args) -> int:
 
     check_device_config(cfg.chip.device)
     print(f"{args.chip}: ok ({cfg.chip.device.model} on {cfg.chip.tile_rows}x{cfg.chip.tile_cols} tiles, "
-          f"{cfg.circuit.circuit.kind} circuit, twins {', '.join(cfg.train.twins)})")
-    if args.show:
+          f"{cfg.circuit.circuit.kind} circuit, twins {', '.join(cfg.train.twins)})", file=sys.stderr)
+    if args.show:  # stdout holds the YAML alone: `--show > mine.yaml` is a chip file that resolves the same
         print(dump_yaml(cfg), end="")
     return 0
 
 
 def cmd_list(args) -> int:
     for name, path in library(args.kind.rstrip("s")).items():
-        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
-        print(f"{name:<16} {first}")
+        print(f"{name:<16} {describe(path)}")
     return 0
 
 
@@ -128,19 +134,22 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train the twins side by side and write a run directory")
-    run.add_argument("chip", nargs="?", help="chip file, e.g. chips/rram_512.yaml (default: built-in defaults)")
+    run.add_argument("chip", nargs="?", metavar="CHIP", help=f"a shipped chip's name (analog-ep list chips) or a chip file's path "
+                     f"(default: {DEFAULT_CHIP}, the default job)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.steps=100")
-    run.add_argument("--steps", type=int, help="shorthand for --set train.steps=N")
-    run.add_argument("--out", default="runs/default", help="run directory (new or empty; or the one to --resume)")
-    run.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    run.add_argument("--steps", type=int, metavar="N", help="shorthand for --set train.steps=N")
+    run.add_argument("--out", metavar="DIR", help="run directory, new or empty (default: runs/<chip name>); with --resume, "
+                     "the run to continue (required)")
+    run.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (CHIP not given)")
     run.add_argument("--stop-after", type=int, metavar="N", help="stop cleanly after step N (resume later)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a chip file (and the device and circuit it uses)")
-    val.add_argument("chip")
+    val.add_argument("chip", metavar="CHIP", help="a shipped chip's name or a chip file's path")
     val.add_argument("--set", action="append", metavar="KEY=VALUE")
-    val.add_argument("--show", action="store_true", help="print the fully resolved configuration")
+    val.add_argument("--show", action="store_true", help="print the fully resolved configuration as YAML on stdout "
+                     "(a chip file of its own; the ok line goes to stderr)")
     val.set_defaults(func=cmd_validate)
 
     lst = sub.add_parser("list", help="the shipped devices, circuits or chips")
@@ -148,7 +157,8 @@ def parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list)
 
     diag = sub.add_parser("diagnose", help="residual, cos(EP, BPTT) per group, leading eigenvalues")
-    diag.add_argument("chip", nargs="?", help="chip file (default: the built-in default model)")
+    diag.add_argument("chip", nargs="?", metavar="CHIP", help="a shipped chip's name or a chip file's path "
+                      "(default: the built-in default model)")
     diag.add_argument("--checkpoint", help="a run directory (or its state.pt) to diagnose")
     diag.add_argument("--twin", default="digital", choices=["digital", "analog", "bptt"],
                       help="which twin's operator (analog: as held by the tiles)")

@@ -78,7 +78,7 @@ def test_ideal_chip_tracks_the_digital_twin():
         print(f"step {step}: analog {ra.loss:.6f} digital {rd.loss:.6f}")
         assert abs(ra.loss - rd.loss) < 1e-5 * max(1.0, rd.loss)
     for (n, pa), (_, pd) in zip(analog.model.named_parameters(), digital.model.named_parameters()):
-        err = float((pa - pd).abs().max())
+        err = float((pa - pd).detach().abs().max())
         assert err < 1e-5, (n, err)
 
 

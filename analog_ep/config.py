@@ -205,7 +205,16 @@ def merge(obj, data: dict, source: str, prefix: str = ""):
     try:
         return dataclasses.replace(obj, **changes)
     except ConfigError as err:  # re-raise with the full dotted key and the source
-        raise ConfigError(f"{prefix}{err.key}", err.value, err.problem, err.fix, source) from None
+        raise ConfigError(_dotted(prefix, err.key), err.value, err.problem, err.fix, source) from None
+
+
+def _dotted(prefix: str, key: str) -> str:
+    """`prefix` + `key`, where a config's own check may already name its section ('optim.name'
+    under 'optim.' stays 'optim.name', 'heads' under 'model.' becomes 'model.heads')."""
+    section = prefix.rstrip(".").rpartition(".")[2]
+    if section and key.startswith(section + "."):
+        key = key[len(section) + 1:]
+    return f"{prefix}{key}"
 
 
 def parse_override(text: str) -> dict:
@@ -301,6 +310,29 @@ def library(kind: str, root: Path | None = None) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
 
 
+#: Words whose full stop does not end a sentence in a file header.
+_ABBREVIATIONS = ("al.", "e.g.", "i.e.", "cf.", "vs.", "Fig.", "Eq.", "Ref.")
+
+
+def describe(path: Path) -> str:
+    """The first sentence of a library file's header comment (what `analog-ep list` prints): the
+    opening comment paragraph, joined into one line, up to its first full stop outside brackets."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = line.lstrip("#").strip()
+        if not line.startswith("#") or not text:
+            break
+        lines.append(text)
+    paragraph = " ".join(lines)
+    depth = 0
+    for i, char in enumerate(paragraph):
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(char, 0)
+        if char == "." and depth <= 0 and paragraph[i + 1:i + 2] in ("", " "):
+            if not paragraph[:i + 1].endswith(_ABBREVIATIONS):
+                return paragraph[:i + 1]
+    return paragraph
+
+
 def _resolve(kind: str, name, chip_path: Path) -> Path:
     """A `uses:` entry: a name in the library next to the chip file, or a path."""
     if not isinstance(name, str):
@@ -313,6 +345,33 @@ def _resolve(kind: str, name, chip_path: Path) -> Path:
         return options[name]
     raise ConfigError(f"uses.{kind}", name, f"no such {kind} file", _suggest(name, options) if options else
                       f"put it in {LIBRARIES[kind]}/", str(chip_path))
+
+
+#: The chip `analog-ep run` trains when none is named: the default job.
+DEFAULT_CHIP = "rram_512"
+
+
+def chip_file(chip: str | Path) -> Path:
+    """The file a user's CHIP argument names: an existing file (a path, relative to the working
+    directory), else the name of a shipped chip (`analog-ep list chips`), from any folder.
+
+    A path that does not exist is an error, never silently replaced by a shipped chip of the same
+    name; the message names the shipped chip it may have meant."""
+    path, text = Path(chip), str(chip)
+    if path.is_file():
+        return path
+    shipped = library("chip")
+    if text in shipped:
+        return shipped[text]
+    if path.is_dir():
+        raise ConfigError("chip", text, "is a directory, not a chip file", "name a chip's YAML file or a shipped chip")
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:  # meant as a path
+        fix = (f"a shipped chip is named {path.stem!r}: give the name, which works from any folder"
+               if path.stem in shipped else "check the path; `analog-ep list chips` names the shipped chips")
+        raise ConfigError("chip", text, "file not found", fix)
+    close = difflib.get_close_matches(text, list(shipped), n=1)
+    raise ConfigError("chip", text, "neither a file nor a shipped chip",
+                      f"did you mean {close[0]!r}?" if close else f"shipped chips: {', '.join(shipped)}")
 
 
 def compose(path: str | Path) -> RunConfig:
@@ -349,9 +408,12 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] = ()) -> RunConfig:
     return with_explicit_keys(cfg, keys)
 
 
-def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Defaults <- chip file (with the device and circuit it uses) <- `--set` overrides, resolved."""
-    cfg = compose(path) if path is not None else RunConfig()
+def load_config(chip: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Defaults <- chip file (with the device and circuit it uses) <- `--set` overrides, resolved.
+
+    `chip` is a chip file's path or a shipped chip's name (see `chip_file`); None: the schema's
+    defaults alone."""
+    cfg = compose(chip_file(chip)) if chip is not None else RunConfig()
     return apply_overrides(cfg, overrides).resolve()
 
 

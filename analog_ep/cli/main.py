@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from analog_ep import __version__
-from analog_ep.config import RunConfig, dump_yaml, load_config, merge, parse_override
+from analog_ep.config import DEFAULT_CHIP, RunConfig, dump_yaml, load_config, merge, parse_override
 from analog_ep.errors import AnalogEPError, ConfigError
 
 
@@ -30,12 +30,16 @@ def cmd_run(args) -> int:
     from analog_ep.run.loop import check_out_dir, resume_config, run_job
     from analog_ep.run.status import EXIT_CODES, one_line, status_line
 
-    out = Path(args.out)
+    if args.resume and args.out is None:
+        raise ConfigError("--out", None, "required with --resume", "name the run directory to continue: "
+                          "analog-ep run --resume --out DIR")
+    chip = args.chip or DEFAULT_CHIP
+    out = Path(args.out or Path("runs") / Path(chip).stem)
     check_out_dir(out, args.resume)
     if args.resume:  # the run's own resolved config; --steps may extend it
         cfg = resume_config(out, _overrides(args), args.chip)
     else:
-        cfg = load_config(args.chip, _overrides(args))
+        cfg = load_config(chip, _overrides(args))
     try:
         summary = run_job(cfg, out, resume=args.resume, progress=not args.quiet, stop_after=args.stop_after)
     except AnalogEPError:
@@ -55,8 +59,8 @@ def cmd_validate(args) -> int:
 
     check_device_config(cfg.chip.device)
     print(f"{args.chip}: ok ({cfg.chip.device.model} on {cfg.chip.tile_rows}x{cfg.chip.tile_cols} tiles, "
-          f"{cfg.circuit.dynamics.kind} circuit, twins {', '.join(cfg.train.twins)})")
-    if args.show:
+          f"{cfg.circuit.dynamics.kind} circuit, twins {', '.join(cfg.train.twins)})", file=sys.stderr)
+    if args.show:  # stdout holds the YAML alone: `--show > mine.yaml` is a chip file that resolves the same
         print(dump_yaml(cfg), end="")
     return 0
 
@@ -163,20 +167,23 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train the twins side by side and write a run directory",
                          epilog="exit codes: 0 completed, 1 failed, 2 bad input, 3 diverged, 130 interrupted "
                                 "(the last stderr line says which)")
-    run.add_argument("chip", nargs="?", help="chip file, e.g. chips/rram_512.yaml (default: built-in defaults)")
+    run.add_argument("chip", nargs="?", metavar="CHIP", help=f"a shipped chip's name (analog-ep list chips) or a chip file's path "
+                     f"(default: {DEFAULT_CHIP}, the default job)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.steps=100")
-    run.add_argument("--steps", type=_count("--steps", 100), help="shorthand for --set train.steps=N")
-    run.add_argument("--out", default="runs/default", help="run directory (new or empty; or the one to --resume)")
-    run.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    run.add_argument("--steps", type=_count("--steps", 100), metavar="N", help="shorthand for --set train.steps=N")
+    run.add_argument("--out", metavar="DIR", help="run directory, new or empty (default: runs/<chip name>); with --resume, "
+                     "the run to continue (required)")
+    run.add_argument("--resume", action="store_true", help="continue the interrupted run in --out with its own config.yaml (a CHIP given must match it)")
     run.add_argument("--stop-after", type=_count("--stop-after", 50), metavar="N",
                      help="stop cleanly after step N (status interrupted; resume later)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run, parser=run)
 
     val = sub.add_parser("validate", help="check a chip file (and the device and circuit it uses)")
-    val.add_argument("chip")
+    val.add_argument("chip", metavar="CHIP", help="a shipped chip's name or a chip file's path")
     val.add_argument("--set", action="append", metavar="KEY=VALUE")
-    val.add_argument("--show", action="store_true", help="print the fully resolved configuration")
+    val.add_argument("--show", action="store_true", help="print the fully resolved configuration as YAML on stdout "
+                     "(a chip file of its own; the ok line goes to stderr)")
     val.set_defaults(func=cmd_validate, parser=val)
 
     lst = sub.add_parser("list", help="the shipped devices (and aihwkit's models by name), circuits or chips")
@@ -184,7 +191,8 @@ def parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list, parser=lst)
 
     diag = sub.add_parser("diagnose", help="residual, cos(EP, BPTT) per group, leading eigenvalues")
-    diag.add_argument("chip", nargs="?", help="chip file (default: the built-in default model)")
+    diag.add_argument("chip", nargs="?", metavar="CHIP", help="a shipped chip's name or a chip file's path "
+                      "(default: the built-in default model)")
     diag.add_argument("--checkpoint", help="a run directory (or its state.pt) to diagnose")
     diag.add_argument("--twin", default="digital", choices=["digital", "analog", "bptt"],
                       help="which twin's operator (analog: as held by the tiles)")

@@ -14,6 +14,7 @@ the dense path (small n) with its full multiplicity.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -186,7 +187,12 @@ class _JacobianProducts:
         """J v on torch tensors shaped like z*."""
         self.evals += 1
         if self._double_vjp is None:
-            return torch.func.jvp(self.force, (self.z,), (v,))[1]
+            with warnings.catch_warnings():
+                # torch's first forward-mode product imports its jvp decompositions, which call
+                # torch.jit.script and warn it is deprecated: torch's own internals, nothing a
+                # caller can act on (torch 2.10)
+                warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", DeprecationWarning)
+                return torch.func.jvp(self.force, (self.z,), (v,))[1]
         return self._double_vjp(v)
 
     def vjp_t(self, u: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ import yaml
 from analog_ep.atomic import atomic_write
 from analog_ep.config import RunConfig, dump_yaml, load_config, merge, parse_override, to_dict
 from analog_ep.data.text import CharCorpus
+from analog_ep.diagnostics.fingerprint import cosine
 from analog_ep.errors import AnalogEPError, ConfigError
 from analog_ep.estimator.ep import ep_gradient
 from analog_ep.model.transformer import EquilibriumTransformer
@@ -92,8 +93,7 @@ def update_cosine(analog, probe: EquilibriumTransformer, before: dict, x, y, cfg
     grads = ep_gradient(probe, x, y, cfg.relax, cfg.ep).grads
     after = dict(analog.model.named_parameters())
     change = torch.cat([(after[n].detach() - before[n]).reshape(-1) for n in grads])
-    g = torch.cat([grads[n].reshape(-1) for n in grads])
-    return float((-change @ g) / (change.norm() * g.norm() + 1e-30))
+    return cosine(-change, torch.cat([grads[n].reshape(-1) for n in grads]))
 
 
 # ---- the run directory ---------------------------------------------------------------------------------

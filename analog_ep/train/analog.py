@@ -19,7 +19,6 @@ Norm caps and spectral projections do not apply to held matrices: the devices' b
 from __future__ import annotations
 
 import copy
-import warnings
 
 import torch
 
@@ -38,9 +37,10 @@ EVALUATION_SEED = 0x5EED_E7A1
 class AnalogTwin(DigitalTwin):
     """A `DigitalTwin` whose model's weight matrices live on an `AnalogChip`.
 
-    Without a `circuit` the relaxation is the digital Euler loop with every product on the chip;
-    with one, each phase is a measured settle of the circuit (see `analog_ep.circuit.measure`),
-    and each step also reports its physical settle time and estimated energy.
+    Without a `circuit` the relaxation is the digital Euler loop with every product on the chip,
+    and a step's `settle_time` and `energy` are None (nothing physical was simulated); with one,
+    each phase is a measured settle of the circuit (see `analog_ep.circuit.measure`), and each
+    step reports its physical settle time and estimated energy.
     """
 
     def __init__(self, model: EquilibriumModel, chip_config: ChipConfig, *args, circuit: CircuitConfig | None = None,
@@ -117,8 +117,7 @@ class AnalogTwin(DigitalTwin):
         if isinstance(self.optimizer, Lion) and self.chip.config.write == "sign_pulse":
             updates = self.optimizer.sign_updates()
             on_chip = {n: updates.pop(p) for n, p in held.items() if p in updates}
-            self.optimizer.apply_sign_updates(updates)  # digital parameters only
-            self.optimizer.update_momentum()
+            self.optimizer.step(updates=updates)  # digital parameters only; the momentum of all
             deltas = {n: -u * lr for n, (u, lr) in on_chip.items()}
             counts = None
             if self.optim_config.trust_ratio:
@@ -133,9 +132,7 @@ class AnalogTwin(DigitalTwin):
             deltas = {n: p.detach() - before[n] for n, p in held.items()}
             self.chip.last_pulses = self.chip.write(deltas, self.current_step)  # refresh() mirrors tiles
         self.constraints.apply()
-        with warnings.catch_warnings():  # sign pulses bypass optimizer.step(), which torch checks for
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
-            self.scheduler.step()
+        self.scheduler.step()
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -44,8 +44,9 @@ class Lion(torch.optim.Optimizer):
         """Per parameter with a gradient: (u, lr_eff), u the sign tensor in {-1, 0, 1}.
 
         Changes nothing. The caller applies `p -= lr_eff * u` (after decaying p by
-        `1 - lr*weight_decay` of its group) and must then call `update_momentum()` while the
-        gradients are still in place. `lr_eff` is a Python float (one host sync per tensor when
+        `1 - lr*weight_decay` of its group) to the tensors it handles itself, and passes the
+        others to `step(updates=...)`, which also updates every momentum while the gradients are
+        in place. `lr_eff` is a Python float (one host sync per tensor when
         `trust_ratio` is on).
         """
         updates = {}
@@ -91,13 +92,17 @@ class Lion(torch.optim.Optimizer):
                 state["exp_avg"].lerp_(p.grad, 1 - beta2)
 
     @torch.no_grad()
-    def step(self, closure=None):
-        """One Lion step: exactly `apply_sign_updates(sign_updates())` then `update_momentum()`."""
+    def step(self, closure=None, updates: dict[torch.Tensor, tuple[torch.Tensor, float]] | None = None):
+        """One Lion step: `apply_sign_updates(updates)` then `update_momentum()`.
+
+        `updates` defaults to `sign_updates()`. The analog twin passes what is left of them after
+        taking out the tensors it writes as device pulses, so that every update still goes through
+        `step()`, the call learning-rate schedulers count."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.apply_sign_updates(self.sign_updates())
+        self.apply_sign_updates(self.sign_updates() if updates is None else updates)
         self.update_momentum()
         return loss
 

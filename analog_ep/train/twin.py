@@ -40,10 +40,12 @@ class StepRecord:
     """Jacobian-penalty weight used."""
     skipped: bool
     """True when the validity gate skipped the task gradient."""
-    settle_time: float = 0.0
-    """Physical settle time of all phases (s; analog twin on a circuit)."""
-    energy: float = 0.0
-    """Estimated energy of the step (J; analog twin on a circuit)."""
+    settle_time: float | None = None
+    """Physical settle time of all phases (s). None when the relaxation ran no circuit (the digital
+    twin, or an analog twin built without `circuit=`): the digital loop has no physical time."""
+    energy: float | None = None
+    """Estimated energy of the step (J). None without a circuit, like `settle_time`: the energy
+    model needs the circuit's settle times and constants."""
     verdict: str = ""
     """Settle monitor's verdict on the free phase ('settled', 'slow', 'oscillating', ...)."""
     pulses: int = 0

@@ -1,11 +1,15 @@
 """The run configuration: dataclasses are the schema, YAML holds data, `--set a.b=c` overrides.
 
-`RunConfig` nests every stage's config. `load_config` reads a YAML file onto the defaults and
-applies overrides; every problem (unknown key with a did-you-mean, wrong type, out-of-range
-value, missing file) is a `ConfigError` whose message names the file and the key.
+`RunConfig` nests every stage's config (`analog_ep.schema`, where every default lives).
+`load_config` composes a chip file (with the device and circuit files it uses) onto the defaults
+and applies overrides; every problem (unknown key with a did-you-mean, wrong type, out-of-range
+value, missing file) is a `ConfigError` whose message names the file and the key. Neither this
+module nor the schema imports torch or aihwkit: listing and loading stay fast (a device's
+parameter overrides are checked against aihwkit, which is then imported).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -15,61 +19,89 @@ from pathlib import Path
 
 import yaml
 
-from analog_ep.circuit import CircuitConfig, CircuitFile
-from analog_ep.data.text import TextDataConfig
 from analog_ep.errors import ConfigError
-from analog_ep.hardware.chip import ChipConfig
-from analog_ep.estimator.ep import EPConfig
-from analog_ep.model.transformer import TransformerConfig
-from analog_ep.relax.solvers import RelaxConfig
-from analog_ep.train.optim import OptimizerConfig, ScheduleConfig
-from analog_ep.train.stabilizers import StabilizerConfig
-from analog_ep.train.twin import TrainConfig
-
-
-def _default_model() -> TransformerConfig:
-    # Small enough for a 2-core CPU; embeddings at unit scale keep LayerNorm's Jacobian O(1),
-    # so the free phase settles in tens of steps from the first update on.
-    return TransformerConfig(context=32, width=64, heads=4, embed_scale=1.0)
+from analog_ep.schema import (ChipConfig, CircuitConfig, CircuitFile, DeviceConfig,  # noqa: F401  (re-exported:
+                              EnergyConfig, EPConfig, MonitorConfig, OptimizerConfig,  # every section from here)
+                              PeripheryConfig, RelaxConfig, ScheduleConfig, SettleConfig, StabilizerConfig,
+                              TextDataConfig, TrainConfig, TransformerConfig)
 
 
 @dataclass
 class RunConfig:
     """Everything one run needs; the resolved form is saved beside every result."""
 
-    model: TransformerConfig = field(default_factory=_default_model)
+    model: TransformerConfig = field(default_factory=TransformerConfig)
     """The equilibrium transformer block (vocab_size and context follow the data)."""
-    data: TextDataConfig = field(default_factory=lambda: TextDataConfig(context=32))
+    data: TextDataConfig = field(default_factory=TextDataConfig)
     """Character-level corpus (default: CPython's documentation text)."""
-    relax: RelaxConfig = field(default_factory=lambda: RelaxConfig(steps=40))
+    relax: RelaxConfig = field(default_factory=RelaxConfig)
     """Free-phase relaxation."""
     ep: EPConfig = field(default_factory=EPConfig)
     """Nudged phases and the EP estimator."""
-    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adamw", lr=3e-3))
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     """Optimizer."""
-    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="cosine", warmup=20,
-                                                                            total_steps=300))
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """Learning-rate schedule (total_steps follows train.steps)."""
-    stabilizers: StabilizerConfig = field(default_factory=lambda: StabilizerConfig(
-        jacreg=0.1, residual_target=3e-3, residual_ema=0.9))
+    stabilizers: StabilizerConfig = field(default_factory=StabilizerConfig)
     """Stabilisers around each step."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Training loop and which twins run."""
     chip: ChipConfig = field(default_factory=ChipConfig)
     """The analog twin's chip: device, periphery, tiles, writes (from `uses.device` + inline)."""
-    circuit: CircuitFile = field(default_factory=lambda: CircuitFile(
-        circuit=CircuitConfig(integrator="euler", dt=1e-9)))
-    """The analog twin's relaxation circuit, settle protocol and energy constants
+    circuit: CircuitFile = field(default_factory=CircuitFile)
+    """The analog twin's relaxation circuit: node dynamics, settle protocol and energy constants
     (from `uses.circuit` + inline)."""
 
     def resolve(self) -> "RunConfig":
-        """Tie the fields that must agree (context, schedule length) and re-validate."""
-        self.model.context = self.data.context
-        self.schedule.total_steps = self.train.steps
-        if self.schedule.warmup >= self.train.steps:  # a shortened run keeps a proportional warmup
-            self.schedule.warmup = self.train.steps // 5
-        self.schedule.__post_init__()
-        return self
+        """A new, re-validated config with the fields that must agree tied together: the model's
+        context is the data's, the schedule spans `train.steps`, and a run shorter than its warmup
+        warms up for a fifth of its steps. `self` is left unchanged; explicit keys carry over."""
+        steps = self.train.steps
+        warmup = self.schedule.warmup if self.schedule.warmup < steps else steps // 5
+        out = copy.deepcopy(self)  # no section is shared with `self`
+        out.model = dataclasses.replace(out.model, context=self.data.context)
+        out.schedule = dataclasses.replace(out.schedule, total_steps=steps, warmup=warmup)
+        return out
+
+
+#: Where the explicitly set keys ride on a RunConfig (not a field: not part of the schema, not
+#: compared, not dumped; copies and `resolve()` keep it).
+_EXPLICIT = "_explicit_keys"
+
+
+def explicit_keys(cfg) -> frozenset[str]:
+    """The dotted keys (e.g. 'ep.restarts') the chip file itself or `--set` gave a value.
+
+    Not the defaults, and not what the device and circuit files a chip `uses:` supply. A
+    dict-valued key (a device's `overrides`) is listed whole and per entry
+    ('chip.device.overrides', 'chip.device.overrides.dw_min'). Carried by `load_config`'s result
+    and through `resolve()`. A stored run configuration (config.yaml, run.h5, state.pt) holds
+    resolved values only: reloading it for `--resume` or `diagnose --checkpoint` gives no
+    explicit keys but those of the new `--set`s, and loading it as a chip file makes every key
+    explicit (it then *is* the chip file).
+    """
+    return getattr(cfg, _EXPLICIT, frozenset())
+
+
+def with_explicit_keys(cfg: RunConfig, keys) -> RunConfig:
+    """`cfg` carrying `keys` (in place; returns it)."""
+    object.__setattr__(cfg, _EXPLICIT, frozenset(keys))
+    return cfg
+
+
+def dotted_keys(data: dict, obj=None, prefix: str = "") -> set[str]:
+    """The dotted keys a (validated) mapping sets on dataclass `obj` (RunConfig by default)."""
+    obj = RunConfig() if obj is None else obj
+    keys = set()
+    for key, value in data.items():
+        full, current = f"{prefix}{key}", getattr(obj, key)
+        if is_dataclass(current) and isinstance(value, dict):
+            keys |= dotted_keys(value, current, full + ".")
+            continue
+        keys.add(full)
+        if isinstance(current, dict) and isinstance(value, dict):
+            keys |= {f"{full}.{k}" for k in value}
+    return keys
 
 
 def to_dict(obj) -> dict:
@@ -92,6 +124,10 @@ def _suggest(key: str, options) -> str:
     return f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(options)}"
 
 
+#: Keys renamed since 0.1.0, per section: old name -> new name (a one-line error says which).
+RENAMED = {CircuitFile: {"circuit": "dynamics"}}
+
+
 def _coerce(value, hint, key: str, source: str):
     """Check/convert a YAML value to the annotated type; raises ConfigError on mismatch."""
     origin = typing.get_origin(hint)
@@ -106,7 +142,7 @@ def _coerce(value, hint, key: str, source: str):
                 return _coerce(value, arg, key, source)
             except ConfigError:
                 continue
-        raise ConfigError(key, value, f"expected {hint}", "fix the value's type", source)
+        raise ConfigError(key, value, f"expected {_type_name(hint)}", "fix the value's type", source)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, value, "expected a list", "write it as [a, b, ...]", source)
@@ -116,11 +152,11 @@ def _coerce(value, hint, key: str, source: str):
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(key, value, "expected true or false", "", source)
+        raise ConfigError(key, value, "expected true or false", "write true or false, unquoted", source)
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(key, value, "expected an integer", "", source)
+        raise ConfigError(key, value, "expected an integer", "write a whole number, e.g. 64", source)
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -129,7 +165,7 @@ def _coerce(value, hint, key: str, source: str):
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(key, value, "expected a number", "", source)
+        raise ConfigError(key, value, "expected a number", "write a number, e.g. 1.0e-3", source)
     if hint is str:
         if isinstance(value, str):
             return value
@@ -137,16 +173,27 @@ def _coerce(value, hint, key: str, source: str):
     return value
 
 
+def _type_name(hint) -> str:
+    """A type hint in words, for messages."""
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    args = typing.get_args(hint) or (hint,)
+    return " or ".join(names.get(a, getattr(a, "__name__", str(a))) for a in args)
+
+
 def merge(obj, data: dict, source: str, prefix: str = ""):
     """Return a copy of dataclass `obj` with the mapping `data` applied (validated, recursive)."""
     if not isinstance(data, dict):
-        raise ConfigError(prefix.rstrip(".") or "<root>", data, "expected a mapping of keys", "", source)
+        raise ConfigError(prefix.rstrip(".") or "<root>", data, "expected a mapping of keys",
+                          "write `key: value` lines under it, e.g. model: {width: 64}", source)
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in fields(obj)]
     changes = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
+            new = RENAMED.get(type(obj), {}).get(key)
+            if new is not None:
+                raise ConfigError(full, value, f"renamed to {prefix}{new}", f"write {new}: instead of {key}:", source)
             raise ConfigError(full, value, "unknown key", _suggest(str(key), names), source)
         current = getattr(obj, key)
         if is_dataclass(current):
@@ -158,7 +205,16 @@ def merge(obj, data: dict, source: str, prefix: str = ""):
     try:
         return dataclasses.replace(obj, **changes)
     except ConfigError as err:  # re-raise with the full dotted key and the source
-        raise ConfigError(f"{prefix}{err.key}", err.value, err.problem, err.fix, source) from None
+        raise ConfigError(_dotted(prefix, err.key), err.value, err.problem, err.fix, source) from None
+
+
+def _dotted(prefix: str, key: str) -> str:
+    """`prefix` + `key`, where a config's own check may already name its section ('optim.name'
+    under 'optim.' stays 'optim.name', 'heads' under 'model.' becomes 'model.heads')."""
+    section = prefix.rstrip(".").rpartition(".")[2]
+    if section and key.startswith(section + "."):
+        key = key[len(section) + 1:]
+    return f"{prefix}{key}"
 
 
 def parse_override(text: str) -> dict:
@@ -182,6 +238,31 @@ def parse_override(text: str) -> dict:
 #: Where `uses:` names are looked up, relative to the chip file's folder's parent (the repo layout
 #: devices/, circuits/, chips/ side by side).
 LIBRARIES = {"device": "devices", "circuit": "circuits"}
+#: The folder of each kind of library file.
+FOLDERS = {**LIBRARIES, "chip": "chips"}
+_PACKAGE = Path(__file__).resolve().parent
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise _DuplicateKey(key, key_node.start_mark.line + 1, seen[key])
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, line: int, first: int):
+        self.key, self.line, self.first = key, line, first
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def read_yaml(path: str | Path, what: str = "config file") -> dict:
@@ -190,23 +271,66 @@ def read_yaml(path: str | Path, what: str = "config file") -> dict:
     if not p.is_file():
         raise ConfigError(what, str(path), "not found", "check the path")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError as err:
         raise ConfigError("encoding", f"byte {err.start}", "the file is not UTF-8 text",
                           "save it as UTF-8", str(path)) from None
+    except _DuplicateKey as err:
+        raise ConfigError(str(err.key), f"line {err.line}", f"given twice (first at line {err.first})",
+                          "keep one of them", str(path)) from None
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
+        if line is None and isinstance(err, yaml.reader.ReaderError):  # a control character: position only
+            line = p.read_text(encoding="utf-8")[: err.position].count("\n")
         where = f" at line {line + 1}" if line is not None else ""
         raise ConfigError("yaml", str(path), f"not valid YAML{where}", "fix the syntax", str(path)) from None
+    if data is None:
+        raise ConfigError("<root>", "", f"the {what} is empty", "write at least its sections (e.g. "
+                          "uses: {device: reram_sb, circuit: rc_crossbar}), or omit it for the defaults", str(path))
     if not isinstance(data, dict):
-        raise ConfigError("<root>", type(data).__name__, "expected a mapping of sections", "", str(path))
+        raise ConfigError("<root>", type(data).__name__, "expected a mapping of sections",
+                          "write `section: {key: value}` lines at the top level", str(path))
     return data
 
 
+def shipped_root() -> Path:
+    """The folder holding the shipped devices/, circuits/ and chips/.
+
+    An installed wheel carries them inside the package (`analog_ep/library/`, copied there at
+    build time by setup.py); a source checkout or an editable install reads the repository's
+    top-level folders themselves.
+    """
+    packaged = _PACKAGE / "library"
+    return packaged if packaged.is_dir() else _PACKAGE.parent
+
+
 def library(kind: str, root: Path | None = None) -> dict[str, Path]:
-    """name -> file of the shipped (or a project's) devices / circuits / chips."""
-    folder = (root or Path(__file__).resolve().parents[1]) / {**LIBRARIES, "chip": "chips"}[kind]
+    """name -> file of the shipped (or, with `root`, a project's) devices / circuits / chips."""
+    folder = (root or shipped_root()) / FOLDERS[kind]
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+#: Words whose full stop does not end a sentence in a file header.
+_ABBREVIATIONS = ("al.", "e.g.", "i.e.", "cf.", "vs.", "Fig.", "Eq.", "Ref.")
+
+
+def describe(path: Path) -> str:
+    """The first sentence of a library file's header comment (what `analog-ep list` prints): the
+    opening comment paragraph, joined into one line, up to its first full stop outside brackets."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = line.lstrip("#").strip()
+        if not line.startswith("#") or not text:
+            break
+        lines.append(text)
+    paragraph = " ".join(lines)
+    depth = 0
+    for i, char in enumerate(paragraph):
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(char, 0)
+        if char == "." and depth <= 0 and paragraph[i + 1:i + 2] in ("", " "):
+            if not paragraph[:i + 1].endswith(_ABBREVIATIONS):
+                return paragraph[:i + 1]
+    return paragraph
 
 
 def _resolve(kind: str, name, chip_path: Path) -> Path:
@@ -223,8 +347,37 @@ def _resolve(kind: str, name, chip_path: Path) -> Path:
                       f"put it in {LIBRARIES[kind]}/", str(chip_path))
 
 
+#: The chip `analog-ep run` trains when none is named: the default job.
+DEFAULT_CHIP = "rram_512"
+
+
+def chip_file(chip: str | Path) -> Path:
+    """The file a user's CHIP argument names: an existing file (a path, relative to the working
+    directory), else the name of a shipped chip (`analog-ep list chips`), from any folder.
+
+    A path that does not exist is an error, never silently replaced by a shipped chip of the same
+    name; the message names the shipped chip it may have meant."""
+    path, text = Path(chip), str(chip)
+    if path.is_file():
+        return path
+    shipped = library("chip")
+    if text in shipped:
+        return shipped[text]
+    if path.is_dir():
+        raise ConfigError("chip", text, "is a directory, not a chip file", "name a chip's YAML file or a shipped chip")
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:  # meant as a path
+        fix = (f"a shipped chip is named {path.stem!r}: give the name, which works from any folder"
+               if path.stem in shipped else "check the path; `analog-ep list chips` names the shipped chips")
+        raise ConfigError("chip", text, "file not found", fix)
+    close = difflib.get_close_matches(text, list(shipped), n=1)
+    raise ConfigError("chip", text, "neither a file nor a shipped chip",
+                      f"did you mean {close[0]!r}?" if close else f"shipped chips: {', '.join(shipped)}")
+
+
 def compose(path: str | Path) -> RunConfig:
-    """Defaults <- the device file <- the circuit file <- the chip file's own sections."""
+    """Defaults <- the device file <- the circuit file <- the chip file's own sections.
+
+    The result carries the chip file's own keys as its explicit keys (`explicit_keys`)."""
     path = Path(path)
     data = read_yaml(path)
     uses = data.pop("uses", {}) or {}
@@ -241,35 +394,29 @@ def compose(path: str | Path) -> RunConfig:
     if "circuit" in uses:
         circ_path = _resolve("circuit", uses["circuit"], path)
         cfg = merge(cfg, {"circuit": read_yaml(circ_path, "circuit file")}, str(circ_path))
-    return merge(cfg, data, str(path))
+    cfg = merge(cfg, data, str(path))
+    return with_explicit_keys(cfg, dotted_keys(data))
 
 
-def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Defaults <- chip file (with the device and circuit it uses) <- `--set` overrides, resolved."""
-    cfg = compose(path) if path is not None else RunConfig()
-    explicit: set[str] = set()
-    if path is not None:  # TEMPORARY (i12-core): the chip file's own keys, not the files it `uses:`
-        explicit |= _dotted({k: v for k, v in read_yaml(path).items() if k != "uses"})
+def apply_overrides(cfg: RunConfig, overrides: list[str] = ()) -> RunConfig:
+    """`cfg` with `--set key=value` texts applied; their keys join the explicit keys (not resolved)."""
+    keys = set(explicit_keys(cfg))
     for text in overrides:
         data = parse_override(text)
-        explicit |= _dotted(data)
         cfg = merge(cfg, data, "--set")
-    cfg = cfg.resolve()
-    object.__setattr__(cfg, "_explicit_keys", frozenset(explicit))
-    return cfg
+        keys |= dotted_keys(data)
+    return with_explicit_keys(cfg, keys)
 
 
-# TEMPORARY (i12-core): a minimal `explicit_keys` until the schema lane (i12-schema) provides the real
-# one; the lead keeps i12-schema's at merge.
-def _dotted(data: dict, prefix: str = "") -> set[str]:
-    out: set[str] = set()
-    for key, value in data.items():
-        out.add(f"{prefix}{key}")
-        if isinstance(value, dict):
-            out |= _dotted(value, f"{prefix}{key}.")
-    return out
+def load_config(chip: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Defaults <- chip file (with the device and circuit it uses) <- `--set` overrides, resolved.
+
+    `chip` is a chip file's path or a shipped chip's name (see `chip_file`); None: the schema's
+    defaults alone."""
+    cfg = compose(chip_file(chip)) if chip is not None else RunConfig()
+    return apply_overrides(cfg, overrides).resolve()
 
 
-def explicit_keys(cfg: RunConfig) -> frozenset[str]:
-    """The dotted keys set by the chip file itself or by --set (not defaults, not used files)."""
-    return getattr(cfg, "_explicit_keys", frozenset())
+def load_circuit(path: str | Path) -> CircuitFile:
+    """Read and validate a circuit file (one-line ConfigError naming file and key on problems)."""
+    return merge(CircuitFile(), read_yaml(path, "circuit file"), str(path))

@@ -32,6 +32,7 @@ the chosen weights into the model for the products (`EquilibriumModel.substitute
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -136,7 +137,11 @@ class JacobianProducts:
     def jvp(self, v: torch.Tensor) -> torch.Tensor:
         self.products += 1
         if self._forward_mode:
-            with torch.enable_grad():
+            with torch.enable_grad(), warnings.catch_warnings():
+                # torch's first forward-mode product imports its jvp decompositions, which call
+                # torch.jit.script and warn it is deprecated: torch's own internals, nothing a
+                # caller can act on (torch 2.10)
+                warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", DeprecationWarning)
                 return torch.func.jvp(self.fn, (self._z.detach(),), (v,))[1].detach()
         with torch.enable_grad():
             (out,) = torch.autograd.grad(self._jt_u, self._u, v, retain_graph=True, create_graph=self.differentiable,

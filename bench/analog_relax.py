@@ -78,7 +78,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    model = EquilibriumTransformer(TransformerConfig(vocab_size=65, context=64, width=128, heads=4))
+    # The research-size block (C=128, T=64, embeddings at 0.02), pinned: the package's defaults may move.
+    model = EquilibriumTransformer(TransformerConfig(vocab_size=65, context=64, width=128, heads=4, mode="thick",
+                                                     damping=1.0, ffn_mult=4, embed_scale=0.02, seed=0))
     idx = torch.randint(0, 65, (32, 64), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         x_in = model.drive(idx)
@@ -89,7 +91,8 @@ def main(argv=None) -> dict:
     report = {"steps": args.steps}
     digital_all = []
     for name, periphery in PERIPHERIES.items():
-        chip = AnalogChip(model, ChipConfig(periphery=periphery, tile_rows=512, tile_cols=512))
+        chip = AnalogChip(model, ChipConfig(device=DeviceConfig(model="ConstantStep"), periphery=periphery,
+                                            tile_rows=512, tile_cols=512, range_factor=2.0, seed=0))
         digital_t, analog_t = [], []
         for _ in range(args.repeats):  # alternate, so drifting machine load hits both alike
             model.hardware = None

@@ -20,9 +20,8 @@ import torch
 
 from analog_ep.circuit.dynamics import CircuitConfig, circuit_solver
 from analog_ep.circuit.measure import SettleConfig, settle
-from analog_ep.config import load_config
-from analog_ep.data.text import CharCorpus
-from analog_ep.model.transformer import EquilibriumTransformer
+from analog_ep.data.text import CharCorpus, TextDataConfig
+from analog_ep.model.transformer import EquilibriumTransformer, TransformerConfig
 from analog_ep.phase import Term
 
 TAU = 1e-8
@@ -45,10 +44,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--rtol", type=float, default=1e-4, help="dopri5 relative tolerance")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    cfg = load_config()
-    corpus = CharCorpus.from_config(cfg.data)
-    cfg.model.vocab_size = corpus.vocab_size
-    model = EquilibriumTransformer(cfg.model)
+    # The small CPU block, pinned (the package's defaults may move): C=64, T=32, unit-scale embeddings.
+    corpus = CharCorpus.from_config(TextDataConfig(path=None, context=32, val_fraction=0.1))
+    model = EquilibriumTransformer(TransformerConfig(vocab_size=corpus.vocab_size, context=32, width=64, heads=4,
+                                                     mode="thick", damping=1.0, embed_scale=1.0, seed=0))
     x, _ = corpus.fixed_batches("val", 32, 1, seed=0)[0]
     with torch.no_grad():
         x_in = model.drive(x)

@@ -26,7 +26,7 @@ CHIPS = sorted((ROOT / "chips").glob("*.yaml"))
 
 
 def tiny_model() -> EquilibriumTransformer:
-    return EquilibriumTransformer(TransformerConfig(vocab_size=12, context=4, width=8, heads=2))
+    return EquilibriumTransformer(TransformerConfig(vocab_size=12, context=4, width=8, heads=2, embed_scale=0.02))
 
 
 def test_the_library_is_there():
@@ -41,7 +41,7 @@ def test_the_library_is_there():
 @pytest.mark.parametrize("path", CIRCUITS, ids=lambda p: p.stem)
 def test_circuit_file_loads(path):
     spec = load_circuit(str(path))
-    assert spec.circuit.kind in ("rc", "loop")
+    assert spec.dynamics.kind in ("rc", "loop")
 
 
 @pytest.mark.parametrize("path", DEVICES, ids=lambda p: p.stem)
@@ -76,7 +76,7 @@ def test_default_job_is_rram_512():
     assert cfg.chip.device.model == "ReRamSB" and (cfg.chip.tile_rows, cfg.chip.tile_cols) == (512, 512)
     assert cfg.optim.name == "lion" and cfg.chip.write == "sign_pulse"
     assert cfg.chip.periphery.dac_bits == 8 and cfg.chip.periphery.adc_bits == 8
-    assert cfg.circuit.circuit.kind == "rc" and set(cfg.train.twins) >= {"analog", "digital"}
+    assert cfg.circuit.dynamics.kind == "rc" and set(cfg.train.twins) >= {"analog", "digital"}
 
 
 def test_ideal_chip_is_ideal_everywhere():
@@ -87,7 +87,7 @@ def test_ideal_chip_is_ideal_everywhere():
         (0, 0, 0, 0, 0, 0)
     assert cfg.chip.write == "ideal" and cfg.chip.program == "ideal"
     settle = cfg.circuit.settle
-    assert cfg.circuit.circuit.noise == 0 and settle.adc_bits == 0 and settle.adc_noise == 0
+    assert cfg.circuit.dynamics.noise == 0 and settle.adc_bits == 0 and settle.adc_noise == 0
     assert cfg.optim.name in ("sgd", "adamw")
 
 
@@ -121,7 +121,7 @@ def one_line_error(path: Path) -> str:
 def test_a_good_chip_in_a_project_resolves_its_uses(project):
     path = write_chip(project, "uses: {device: ecram, circuit: euler}\nchip: {tile_rows: 64}\n")
     cfg = compose(path)
-    assert cfg.chip.device.model == "EcRam" and cfg.chip.tile_rows == 64 and cfg.circuit.circuit.kind == "loop"
+    assert cfg.chip.device.model == "EcRam" and cfg.chip.tile_rows == 64 and cfg.circuit.dynamics.kind == "loop"
 
 
 BROKEN = {

@@ -169,7 +169,7 @@ def test_ideal_chip_settles_to_the_digital_fixed_point():
     with torch.no_grad():
         x_in = model.drive(x)
     term = Term(lambda z: model.force(z, x_in), model.leak)
-    solver = circuit_solver(CircuitConfig(tau=TAU, rtol=1e-10, atol=1e-13))
+    solver = circuit_solver(CircuitConfig(tau=TAU, integrator="dopri5", rtol=1e-10, atol=1e-13))
     result = settle(term, solver, solver.init(term, x_in), SettleConfig(cap=400 * TAU, check_every=2 * TAU,
                                                                        monitor=dict(threshold=1e-9)))
     err = float((result.sample - digital).norm() / digital.norm())
@@ -211,7 +211,7 @@ def test_amplifier_pole_keeps_the_fixed_point_and_slows_the_settle():
     times = {}
     for amp in (0.0, 0.5 * TAU):
         term = Term(lambda z: model.force(z, x_in), model.leak)
-        solver = circuit_solver(CircuitConfig(tau=TAU, amp_tau=amp, rtol=1e-9, atol=1e-12))
+        solver = circuit_solver(CircuitConfig(tau=TAU, integrator="dopri5", amp_tau=amp, rtol=1e-9, atol=1e-12))
         result = settle(term, solver, solver.init(term, x_in), SettleConfig(cap=400 * TAU, check_every=TAU,
                                                                            monitor=dict(threshold=1e-7)))
         times[amp] = result.settle_time
@@ -254,7 +254,7 @@ def test_adc_sampling_and_lockin():
     spread = {}
     for window in (1, 16):
         term = Term(lambda z: model.force(z, x_in), model.leak)
-        solver = circuit_solver(CircuitConfig(tau=TAU))
+        solver = circuit_solver(CircuitConfig(tau=TAU, integrator="dopri5"))
         errs = []
         for k in range(40):
             result = settle(term, solver, solver.init(term, z_star), SettleConfig(time=TAU, adc_noise=0.05,
@@ -273,7 +273,7 @@ def test_circuit_ep_matches_digital_ep_on_an_ideal_circuit(restarts):
     y = torch.randint(0, 12, (2, 4), generator=torch.Generator().manual_seed(3))
     ep = EPConfig(steps=150, aep_clip=0, restarts=restarts)
     digital = ep_gradient(model, x, y, RelaxConfig(steps=600), ep).grads
-    circuit = CircuitConfig(tau=TAU, rtol=1e-10, atol=1e-13)
+    circuit = CircuitConfig(tau=TAU, integrator="dopri5", rtol=1e-10, atol=1e-13)
     result = circuit_ep_gradient(model, x, y, circuit, SettleConfig(cap=300 * TAU, check_every=2 * TAU,
                                                                     monitor=dict(threshold=1e-9)), ep)
     names = list(digital)
@@ -378,18 +378,18 @@ def test_shipped_circuit_files_load(name):
 
     path = Path(__file__).resolve().parents[1] / "circuits" / f"{name}.yaml"
     spec = load_circuit(str(path))
-    assert spec.circuit.kind in ("rc", "loop")
+    assert spec.dynamics.kind in ("rc", "loop")
 
 
 def test_broken_circuit_file_names_file_and_key(tmp_path):
     from analog_ep.circuit import load_circuit
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text("circuit:\n  tua: 1.0e-8\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: circuit.tua=.*did you mean 'tau'"):
+    bad.write_text("dynamics:\n  tua: 1.0e-8\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: dynamics.tua=.*did you mean 'tau'"):
         load_circuit(str(bad))
-    bad.write_text("circuit:\n  integrator: dopri5\n  noise: 0.01\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: circuit.integrator"):
+    bad.write_text("dynamics:\n  integrator: dopri5\n  noise: 0.01\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: dynamics.integrator"):
         load_circuit(str(bad))
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from analog_ep.cli.main import main
-from analog_ep.config import RunConfig, load_config
+from analog_ep.config import DEFAULT_CHIP, RunConfig, describe, library, load_config
 from analog_ep.data.text import CharCorpus
 
 TINY = ["model.width=16", "data.context=8", "train.batch_size=4", "relax.steps=10",
@@ -46,10 +46,19 @@ def call(argv):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
-    rc, stdout, stderr = call(["run", "--steps", "4", *set_args(RUN_SETS), "--quiet", "--out", str(out)])
+    """`analog-ep run` with neither CHIP nor --out, from a fresh folder: the default job into
+    runs/<chip name>."""
+    folder = tmp_path_factory.mktemp("cli")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        rc, stdout, stderr = call(["run", "--steps", "4", *set_args(RUN_SETS), "--quiet"])
+    finally:
+        os.chdir(cwd)
     print(f"\nrun: rc={rc}; stdout {stdout.strip()}")
     assert rc == 0, stderr
+    out = folder / "runs" / DEFAULT_CHIP
+    assert json.loads(stdout.strip().splitlines()[-1])["out"] == str(Path("runs") / DEFAULT_CHIP)
     return out, stdout, stderr
 
 
@@ -60,21 +69,25 @@ def test_run_writes_config_h5_curves_and_state(run_dir):
     assert "Traceback" not in stderr
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["steps"] == 4 and set(summary["val_loss"]) == {"analog", "digital", "bptt"}
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "curves.png", "run.h5", "state.pt"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "best.pt", "config.yaml", "curves.png", "run.h5",
+                                                     "state.pt"]
 
-    # config.yaml loads back, equals the run's resolved configuration, and is a fixed point of resolve.
+    # config.yaml loads back, equals the run's resolved configuration (the default job, rram_512,
+    # when no chip is named), and is a fixed point of resolve.
     loaded = load_config(str(out / "config.yaml"))
-    expected = load_config(None, [*RUN_SETS, "train.steps=4"])
+    expected = load_config("rram_512", [*RUN_SETS, "train.steps=4"])
     expected.model.vocab_size = CharCorpus.from_config(expected.data).vocab_size
     assert isinstance(loaded, RunConfig)
     assert loaded == expected
     assert copy.deepcopy(loaded).resolve() == loaded
 
     with h5py.File(out / "run.h5", "r") as f:
-        assert f.attrs["config"] == (out / "config.yaml").read_text() and f.attrs["version"] == 1
+        assert f.attrs["config"] == (out / "config.yaml").read_text() and f.attrs["version"] == 2
+        assert f.attrs["status"] == "completed" and f.attrs["status_reason"] == ""
         for twin in ("analog", "digital", "bptt"):
             g = f[f"twins/{twin}"]
-            assert list(g["train/step"][:]) == [1, 2, 3, 4] and list(g["val/step"][:]) == [2, 4]
+            assert list(g["train/step"][:]) == [1, 2, 3, 4] and list(g["val/step"][:]) == [0, 2, 4]
+            assert g.attrs["status"] == "completed"
             assert all(math.isfinite(v) for v in g["train/loss"][:]) and len(g["residual"]) == 4
         a = f["twins/analog"]
         assert len(a["settle_time"]) == len(a["energy"]) == len(a["latency"]) == len(a["update_cos"]) == 4
@@ -95,30 +108,26 @@ def test_run_writes_config_h5_curves_and_state(run_dir):
 
 
 def test_resume_continues_exactly_where_the_run_stopped(run_dir, tmp_path):
+    """Every twin (analog with update_cos, digital, BPTT) continues bit for bit: curves, weights, the
+    tiles' devices, optimizer and schedule states, generators, the ledger and best.pt."""
     import h5py
+
+    from run_compare import differences
 
     resumed = tmp_path / "resumed"
     rc, _, stderr = call(["run", "--steps", "6", *set_args(RUN_SETS), "--stop-after", "3", "--quiet",
                           "--out", str(resumed)])
-    assert rc == 0, stderr
+    assert rc == 130 and stderr.strip().splitlines()[-1].startswith("analog-ep: status interrupted: --stop-after 3")
     with h5py.File(resumed / "run.h5", "r") as f:
-        assert f.attrs["steps_done"] == 3
+        assert f.attrs["steps_done"] == 3 and f.attrs["status"] == "interrupted"
     rc, _, stderr = call(["run", "--resume", "--quiet", "--out", str(resumed)])
     assert rc == 0, stderr
     whole = tmp_path / "whole"
     rc, _, stderr = call(["run", "--steps", "6", *set_args(RUN_SETS), "--quiet", "--out", str(whole)])
     assert rc == 0, stderr
-    with h5py.File(resumed / "run.h5", "r") as fr, h5py.File(whole / "run.h5", "r") as fw:
-        for twin in ("digital", "bptt"):  # digital twins resume bit-exactly
-            assert list(fr[f"twins/{twin}/train/step"][:]) == list(range(1, 7))
-            assert fr[f"twins/{twin}/train/loss"][:].tolist() == fw[f"twins/{twin}/train/loss"][:].tolist()
-        # The analog twin continues too; its devices' cycle-to-cycle noise comes from aihwkit's
-        # internal (unseeded) generator, so it is compared for continuity, not bit-exactly.
-        assert list(fr["twins/analog/train/step"][:]) == list(range(1, 7))
-        from analog_ep.hardware.ledger import PulseLedger
-
-        steps = {int(s) for s in PulseLedger.from_hdf5(fr["pulses"]).index["step"]}
-        assert set(range(1, 7)) <= steps  # the ledger kept the pre-interruption pulses
+    diffs = differences(whole, resumed)
+    print(f"\nresumed at step 3 vs uninterrupted: {len(diffs)} differences {diffs[:5]}")
+    assert diffs == []
 
 
 def test_run_refuses_non_empty_out(run_dir):
@@ -337,3 +346,92 @@ def test_diagnose_bad_checkpoint_is_one_line_error(tmp_path, capsys):
     rc = main(["diagnose", "--checkpoint", str(path)])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "notckpt.pt" in err
+
+
+# ---- a new user's first hour: chips by name, defaults, exact messages --------------------------------
+
+def test_commands_take_a_shipped_chips_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no chips/ folder here
+    rc, out, err = call(["validate", "rram_512"])
+    assert rc == 0 and out == "" and err.startswith("rram_512: ok (ReRamSB on 512x512 tiles")
+    assert load_config("pcm_256") == load_config(str(library("chip")["pcm_256"]))
+
+
+@pytest.mark.parametrize("chip, message", [
+    ("rram_51", "chip='rram_51': neither a file nor a shipped chip (did you mean 'rram_512'?)"),
+    ("chips/rram_512.yaml", "chip='chips/rram_512.yaml': file not found (a shipped chip is named 'rram_512': "
+                            "give the name, which works from any folder)"),
+    ("nowhere/mine.yaml", "chip='nowhere/mine.yaml': file not found (check the path; `analog-ep list chips` "
+                          "names the shipped chips)"),
+])
+@pytest.mark.parametrize("command", ["validate", "run", "diagnose"])
+def test_a_chip_that_is_neither_a_file_nor_a_name_is_one_exact_line(command, chip, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = call([command, chip] + (["--quiet"] if command == "run" else []))
+    assert (rc, out, err) == (2, "", f"analog-ep: error: {message}\n")
+    assert list(tmp_path.iterdir()) == []  # `run` created no run directory
+
+
+def test_a_path_is_never_replaced_by_the_shipped_chip(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rram_512").mkdir()  # e.g. a run directory named like the chip: the name still wins
+    assert call(["validate", "rram_512"])[0] == 0
+    (tmp_path / "chips").mkdir()
+    (tmp_path / "chips" / "rram_512.yaml").write_text("uses: {device: ideal, circuit: euler}\nmodel: {width: 32}\n")
+    rc, _, err = call(["validate", "chips/rram_512.yaml"])  # the user's own file, not the shipped one
+    assert rc == 0 and err.startswith("chips/rram_512.yaml: ok (ConstantStep")
+
+
+def test_validate_show_prints_a_chip_file_that_resolves_identically(tmp_path):
+    rc, out, err = call(["validate", "rram_512", "--show", "--set", "model.width=32"])
+    assert rc == 0 and len(err.splitlines()) == 1 and err.startswith("rram_512: ok")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(out)  # what `analog-ep validate rram_512 --show > mine.yaml` writes
+    assert call(["validate", str(mine)])[0] == 0
+    assert load_config(str(mine)) == load_config("rram_512", ["model.width=32"])
+
+
+def test_resume_needs_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = call(["run", "--resume"])
+    assert (rc, out) == (2, "") and err == ("analog-ep: error: --out=None: required with --resume (name the run "
+                                            "directory to continue: analog-ep run --resume --out DIR)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.name=adam", "optim.name='adam': unknown optimizer (use one of lion, adamw, sgd)"),
+    ("schedule.name=linear", "schedule.name='linear': unknown schedule (use one of constant, cosine, wsd)"),
+    ("chip.device.model=ReRamXX", "chip.device.model='ReRamXX': unknown device (did you mean 'ReRamSB'?)"),
+    ("model.heads=5", "model.heads=5: must divide width=64 (pick heads so that width/heads is an integer)"),
+])
+def test_set_errors_name_the_full_key_once(override, message):
+    assert call(["validate", "rram_512", "--set", override]) == (2, "", f"analog-ep: error: --set: {message}\n")
+
+
+def test_list_prints_whole_first_sentences(capsys):
+    for kind in ("devices", "circuits", "chips"):
+        assert main(["list", kind]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split(maxsplit=1)[0] for line in lines] == list(library(kind.rstrip("s")))
+        for line in lines:
+            assert line.endswith(".") and len(line) > 40, line
+    assert main(["list", "circuits"]) == 0
+    euler = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("euler"))
+    assert euler.endswith("as a circuit with ideal components (no noise, no bandwidth limit, no rails, exact sampling).")
+
+
+def test_describe_stops_at_the_first_full_stop_outside_brackets(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("# A cell: the preset (Gong et al., Nat. Commun. 2018), e.g. ReRAM, with eps = 0.1 and\n"
+                    "# a second line. Then more.\n#\n# Another paragraph.\ndevice: {}\n")
+    assert describe(path) == ("A cell: the preset (Gong et al., Nat. Commun. 2018), e.g. ReRAM, with eps = 0.1 "
+                              "and a second line.")
+
+
+def test_run_help_names_the_default_job_and_out(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0
+    assert "(default: rram_512, the default job)" in text and "(default: runs/<chip name>)" in text

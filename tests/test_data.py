@@ -12,7 +12,7 @@ SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
 
 @pytest.fixture(scope="module")
 def corpus():
-    return CharCorpus.from_config(TextDataConfig())
+    return CharCorpus.from_config(TextDataConfig(context=64))
 
 
 def test_default_corpus_size_vocab_entropy(corpus):

@@ -298,3 +298,25 @@ def test_long_run_bounded_memory():
     # small Python objects); the peak adds about one uncompressed chunk and one round's temporaries.
     assert held < 1.5 * ledger.nbytes + 200_000
     assert peak < held + 2 * 256 * rows * cols // 4 + 1_000_000
+
+
+@pytest.mark.parametrize("cut", [0, 1, 6, 7, 8, 30, 35, 119, 120])
+def test_truncate_then_record_on_equals_the_uninterrupted_ledger(run, cut, tmp_path):
+    """A resumed run cuts run.h5's ledger back to its state and records on: the result must be the
+    uninterrupted ledger byte for byte, chunk layout included (cuts inside sealed chunks, at chunk
+    edges and inside the buffer)."""
+    config = LedgerConfig(chunk_rounds=7)
+    whole = fill(PulseLedger(config), run)
+    prefix = fill(PulseLedger(config), run[:cut])
+    cut_back = fill(PulseLedger(config), run)
+    cut_back.truncate(cut)
+    assert_ledgers_equal(cut_back, prefix)  # names interned after the cut are dropped too
+    fill(cut_back, run[cut:])
+    assert_ledgers_equal(cut_back, whole)
+    assert cut_back._chunks == whole._chunks and cut_back._chunk_index == whole._chunk_index
+    for name, ledger in (("whole", whole), ("cut", cut_back)):
+        ledger.to_hdf5(tmp_path / f"{name}.h5")
+    with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "cut.h5") as b:
+        assert [bytes(c) for c in a["chunks"][()]] == [bytes(c) for c in b["chunks"][()]]
+    with pytest.raises(LedgerError, match="truncate"):
+        cut_back.truncate(len(cut_back) + 1)

@@ -163,7 +163,7 @@ def test_warmup_ramps_linearly_then_cosine_to_min():
     assert f[4] < 1.0 and all(a >= b for a, b in zip(f[3:20], f[4:20]))
     assert f[19] == pytest.approx(0.1) and f[24] == pytest.approx(0.1)
     # Half-way through the decay the cosine is at the mean of peak and floor.
-    mid = ScheduleConfig(name="cosine", total_steps=11, min_ratio=0.0)
+    mid = ScheduleConfig(name="cosine", warmup=0, total_steps=11, min_ratio=0.0)
     assert mid.factor(0) == 1.0 and mid.factor(5) == pytest.approx(0.5) and mid.factor(10) == pytest.approx(0.0)
 
 

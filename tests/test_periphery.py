@@ -146,21 +146,27 @@ def test_read_noise_adds_per_row_tile():
 
 
 def test_weight_quantization_levels():
+    """2**b - 1 symmetric levels including 0 (the converters' convention): a zero weight reads 0,
+    quantising -G gives minus quantising G, and the bounds are levels."""
     g = torch.Generator().manual_seed(6)
     G = torch.randn(2, 3, 32, 16, generator=g, dtype=torch.float64) * 0.6  # some beyond [-1, 1]
     bits = 3
     Q = quantize_levels(G, bits, -1.0, 1.0)
-    step = 2.0 / (2 ** bits - 1)
+    step = 1.0 / 3  # 2**(bits-1) - 1 = 3 levels on each side of 0
     counts = [Q[r, c].unique().numel() for r in range(2) for c in range(3)]
     inside = G.abs() <= 1
     err = (Q - G)[inside].abs().max().item()
-    print(f"\n{bits}-bit weights: distinct levels per tile {counts}, max |err| in range {err:.4f} "
-          f"(half step {step / 2:.4f})")
-    assert max(counts) <= 2 ** bits and err <= step / 2 + 1e-12
-    assert torch.equal(Q[~inside], G[~inside].sign())  # out of range -> end levels
+    print(f"\n{bits}-bit weights: distinct levels per tile {counts}, levels {sorted(set(Q.unique().tolist()))}, "
+          f"max |err| in range {err:.4f} (half step {step / 2:.4f})")
+    assert max(counts) == 2 ** bits - 1 and err <= step / 2 + 1e-12
+    assert torch.allclose(Q.unique(), torch.arange(-3, 4, dtype=torch.float64) * step)
+    assert torch.equal(quantize_levels(-G, bits), -Q)  # symmetric
+    assert bool((Q[G.abs() < step / 2] == 0).all()) and bool((G.abs() < step / 2).any())  # zero is a level
+    assert torch.equal(Q[~inside], G[~inside].sign())  # out of range -> the bounds
     assert quantize_levels(G, 0) is G
-    asym = quantize_levels(G, 4, 0.1, 0.9)
-    assert asym.unique().numel() <= 16 and asym.min() >= 0.1 - 1e-12 and asym.max() <= 0.9 + 1e-12
+    asym = quantize_levels(G, 4, -0.5, 1.0)  # levels k/7 from the larger bound; the device's -0.5 clips
+    assert asym.min() == -0.5 and asym.max() == 1.0 and bool((quantize_levels(G.clamp(-0.1, 0.1) * 0.1, 4, -0.5, 1.0)
+                                                             == 0).all())
 
 
 def test_mismatch_gains():
@@ -197,7 +203,7 @@ def test_optical_noise_is_multiplicative_and_fresh():
     assert torch.equal(y1, y2) and not torch.equal(y1, y3)
 
 
-@pytest.mark.parametrize("kwargs", [dict(dac_bits=-1), dict(adc_bits=-3), dict(weight_bits=-1), dict(dac_bits=1),
+@pytest.mark.parametrize("kwargs", [dict(dac_bits=-1), dict(adc_bits=-3), dict(weight_bits=-1), dict(weight_bits=1), dict(dac_bits=1),
                                     dict(adc_bits=2.5), dict(dac_bound=0.0), dict(adc_bound=-1.0),
                                     dict(dac_bound=float("inf")), dict(read_noise=-0.1), dict(optical_noise=-1),
                                     dict(mismatch=-0.01), dict(mismatch_clamp=(1.2, 5.0)),

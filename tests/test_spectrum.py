@@ -1,4 +1,6 @@
 """Leading eigenvalues and numerical abscissa of a force's Jacobian, against dense numpy."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -167,7 +169,8 @@ def test_double_vjp_fallback_matches_dense():
     def force(z):
         return -z + _TanhNoForwardAD.apply(w @ z)
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch's own, as in spectrum.jvp_t
         torch.func.jvp(force, (z_star,), (z_star,))
     jac = torch.autograd.functional.jacobian(force, z_star).numpy()
     s = leading_eigenvalues(force, z_star, SpectrumConfig(k=3, tol=1e-10))
@@ -204,3 +207,40 @@ def test_arpack_non_convergence_raises():
     with pytest.raises(ConvergenceError, match="maxiter"):
         leading_eigenvalues(linear_force(a), torch.zeros(N, dtype=torch.float64),
                             SpectrumConfig(k=6, tol=1e-14, maxiter=1))
+
+
+def test_forward_mode_products_warn_nothing_in_a_fresh_process():
+    """The first forward-mode product loads torch's jvp decompositions, which warn that
+    torch.jit.script is deprecated; analog-ep filters exactly that (a user sees no warning)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import warnings, torch\n"
+        "warnings.simplefilter('error')\n"
+        "from analog_ep.linear import SpectrumConfig, leading_eigenvalues\n"
+        "class Tanh(torch.autograd.Function):  # backward drops its graph, as aihwkit's tiles do\n"
+        "    @staticmethod\n"
+        "    def forward(x):\n"
+        "        return torch.tanh(x)\n"
+        "    @staticmethod\n"
+        "    def backward(ctx, g):\n"
+        "        (y,) = ctx.saved_tensors; return (g * (1 - y * y)).detach()\n"
+        "    @staticmethod\n"
+        "    def jvp(ctx, t):\n"
+        "        return t * (1 - ctx.y * ctx.y)\n"
+        "    @staticmethod\n"
+        "    def setup_context(ctx, inputs, output):\n"
+        "        ctx.y = output; ctx.save_for_backward(output)\n"
+        "torch.manual_seed(0)\n"
+        "w = torch.randn(12, 12, dtype=torch.float64) / 12 ** 0.5\n"
+        "s = leading_eigenvalues(lambda z: -z + Tanh.apply(w @ z), torch.zeros(12, dtype=torch.float64),\n"
+        "                        SpectrumConfig(k=2))\n"
+        "print(s.jvp_evals > 0)\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.strip() == "True"  # forward mode was used

@@ -1,7 +1,7 @@
 """Stabilisers around a training step, and the digital twin that applies them.
 
 Penalty gradients are checked against central finite differences of the objective they claim to
-differentiate (float64, a converged thick block); the controller, fuse and weight projections
+differentiate (float64, a converged thick block); the controller, divergence monitor and weight projections
 against their update rules; the twin by short training runs, the validity gate and a checkpoint
 round trip.
 """
@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from analog_ep.linear import SpectrumConfig, leading_eigenvalues
-from analog_ep.errors import AnalogEPError, ConfigError
+from analog_ep.errors import ConfigError
 from analog_ep.estimator.ep import EPConfig
 from analog_ep.model.transformer import EquilibriumTransformer, TransformerConfig
 from analog_ep.relax.solvers import RelaxConfig, relax
 from analog_ep.train.optim import OptimizerConfig, ScheduleConfig
-from analog_ep.train.stabilizers import (AbortFuse, AbortTraining, JacobianController, StabilizerConfig,
+from analog_ep.train.stabilizers import (DivergenceMonitor, JacobianController, StabilizerConfig,
                                          WeightConstraints, abscissa_penalty, jacobian_penalty,
                                          numerical_abscissa, residual_penalty)
 from analog_ep.train.twin import DigitalTwin
@@ -202,7 +202,7 @@ def test_abscissa_penalty_off_below_margin_and_descends_above(block):
 
 def test_controller_rises_falls_to_floor_and_caps():
     cfg = StabilizerConfig(jacreg=0.1, jacreg_floor=0.05, jacreg_max=0.5, residual_target=1e-3,
-                           controller_exponent=0.3)
+                           controller_exponent=0.3, residual_ema=0.0)
     ctl = JacobianController(cfg)
     up = [ctl.update(1e-2) for _ in range(10)]
     print(f"\nlambda above target: {[round(v, 4) for v in up]}")
@@ -231,7 +231,7 @@ def test_controller_residual_ema():
     expected = 0.9 * 1e-3 + 0.1 * 1e-1
     assert ctl.residual_smoothed == pytest.approx(expected)
     assert ctl.weight == pytest.approx(w * ((expected + 1e-9) / 1e-3) ** 0.3)
-    raw = JacobianController(StabilizerConfig(jacreg=0.1, jacreg_max=100.0, residual_target=1e-3))
+    raw = JacobianController(StabilizerConfig(jacreg=0.1, jacreg_max=100.0, residual_target=1e-3, residual_ema=0.0))
     raw.update(1e-3)
     raw.update(1e-1)
     print(f"\nafter a spike: smoothed lambda {ctl.weight:.4f}, raw lambda {raw.weight:.4f}")
@@ -243,19 +243,41 @@ def test_controller_residual_ema():
 
 
 def test_abort_fuse_trips_after_patience_and_resets():
-    fuse = AbortFuse(StabilizerConfig(abort_residual=0.1, abort_patience=3))
-    fuse.update(0.5, 1)
-    fuse.update(0.5, 2)
-    fuse.update(0.01, 3)  # a good step resets the count
-    assert fuse.count == 0
-    fuse.update(0.5, 4)
-    fuse.update(0.5, 5)
-    with pytest.raises(AbortTraining, match="step 6") as info:
-        fuse.update(0.5, 6)
-    assert isinstance(info.value, AnalogEPError)
-    off = AbortFuse(StabilizerConfig(abort_residual=0.0, abort_patience=1))
-    for s in range(5):
-        off.update(1e6, s)
+    monitor = DivergenceMonitor(StabilizerConfig(abort_residual=0.1, abort_patience=3))
+    monitor.start(4.0)
+    assert monitor.update(4.0, 0.5, 1.0, 1) is None
+    assert monitor.update(4.0, 0.5, 1.0, 2) is None
+    assert monitor.update(4.0, 0.01, 1.0, 3) is None  # a good step resets the count
+    assert monitor.residual_steps == 0
+    assert monitor.update(4.0, 0.5, 1.0, 4) is None and monitor.update(4.0, 0.5, 1.0, 5) is None
+    reason = monitor.update(4.0, 0.5, 1.0, 6)
+    assert reason.startswith("step 6: residual 0.5 > abort_residual 0.1 for 3 steps"), reason
+    off = DivergenceMonitor(StabilizerConfig(abort_residual=0.0, abort_patience=1))
+    assert all(off.update(4.0, 1e6, 1.0, s) is None for s in range(5))
+
+
+def test_divergence_monitor_loss_window_and_non_finite_values():
+    cfg = StabilizerConfig(diverge_loss_factor=10.0, diverge_patience=3)
+    monitor = DivergenceMonitor(cfg)
+    monitor.start(4.8)
+    for step, loss in enumerate([40.0, 49.0, 50.0, 47.0, 49.0, 60.0, 55.0], 1):  # 48 = 10 x 4.8 is the line
+        reason = monitor.update(loss, 1e-3, 1.0, step)
+        assert (reason is None) == (step < 7), (step, reason)  # 47 at step 4 resets the window
+    assert reason == "step 7: loss 55 > 10 x initial 4.8 for 3 steps"
+    state = monitor.state_dict()
+    resumed = DivergenceMonitor(cfg)
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state and resumed.loss_steps == 3
+    for what, args in (("training loss", (math.nan, 1e-3, 1.0)), ("gradient norm", (4.0, 1e-3, math.inf)),
+                       ("free-state residual", (4.0, math.nan, 1.0))):
+        fresh = DivergenceMonitor(cfg)
+        fresh.start(4.8)
+        assert fresh.update(*args, 7) == f"step 7: non-finite {what} ({[a for a in args if not math.isfinite(a)][0]})"
+    off = DivergenceMonitor(StabilizerConfig(diverge_loss_factor=0.0))
+    off.start(1.0)
+    assert all(off.update(1e9, 1e-3, 1.0, s) is None for s in range(30))
+    unstarted = DivergenceMonitor(cfg)  # no step-0 evaluation: the first loss is the reference
+    assert unstarted.update(2.0, 1e-3, 1.0, 1) is None and unstarted.initial_loss == 2.0
 
 
 def test_stabilizer_config_validation():

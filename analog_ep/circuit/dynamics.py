@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
@@ -43,61 +42,11 @@ import torch
 
 from analog_ep.errors import ConfigError, check
 from analog_ep.phase import Solver, State, Term, replaced
-
-KINDS = ("rc", "loop")
-INTEGRATORS = ("exp_euler", "euler", "rk4", "dopri5")
-FIXED_STEP = ("exp_euler", "euler", "rk4")
+from analog_ep.schema.circuit import FIXED_STEP, INTEGRATORS, KINDS, CircuitConfig  # noqa: F401  (re-exported)
 
 #: The monitor's residual is ||RESIDUAL_EPS * tau dz/dt|| / ||z||, numerically the digital
 #: relaxation's residual at its default step eps = 0.1, so thresholds carry over.
 RESIDUAL_EPS = 0.1
-
-
-@dataclass
-class CircuitConfig:
-    """The physical relaxation circuit."""
-
-    kind: str = "rc"
-    """'rc': continuous-time node dynamics tau dz/dt = F(z); 'loop': a discrete iterated loop
-    z <- z + loop_eps F(z) (photonic chips), one pass every `pass_time`."""
-    tau: float = 1e-8
-    """Node time constant in seconds (node capacitance / leak conductance)."""
-    integrator: str = "dopri5"
-    """'exp_euler' (leak and amplifier pole exact, crossbar current explicit), 'euler', 'rk4'
-    (fixed step dt) or 'dopri5' (adaptive Dormand-Prince 5(4)); see the module docstring."""
-    dt: float = 1e-9
-    """Time step in seconds (fixed-step integrators; first trial step for dopri5). Refused where the
-    explicit part is unstable for a contractive circuit (module docstring)."""
-    rtol: float = 1e-5
-    """dopri5: relative error tolerance per step."""
-    atol: float = 1e-8
-    """dopri5: absolute error tolerance per step (state units)."""
-    noise: float = 0.0
-    """Thermal/read noise: the stationary spread (state units) of a node with unit leak. Needs a
-    fixed-step integrator."""
-    amp_tau: float = 0.0
-    """Amplifier time constant in seconds: a second pole, the drive follows F with this lag (0: ideal)."""
-    v_rail: float = 0.0
-    """Rail voltage: node states saturate at +-v_rail (0: no rails)."""
-    loop_eps: float = 0.1
-    """'loop': fraction of the force applied per pass."""
-    pass_time: float = 1e-9
-    """'loop': seconds per pass (optical round trip plus conversion)."""
-    max_steps: int = 200_000
-    """Safety cap on solver steps per integration call."""
-
-    def __post_init__(self):
-        check(self.kind in KINDS, "kind", self.kind, "unknown circuit kind", f"use one of {', '.join(KINDS)}")
-        check(self.integrator in INTEGRATORS, "integrator", self.integrator, "unknown integrator",
-              f"use one of {', '.join(INTEGRATORS)}")
-        for key in ("tau", "dt", "rtol", "atol", "pass_time", "loop_eps"):
-            check(getattr(self, key) > 0, key, getattr(self, key), "must be > 0")
-        for key in ("noise", "amp_tau", "v_rail"):
-            check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0 (0 turns it off)")
-        check(not (self.noise > 0 and self.kind == "rc" and self.integrator == "dopri5"), "integrator",
-              self.integrator, "adaptive steps cannot integrate thermal noise (the error estimate is noise)",
-              "use integrator: exp_euler, euler or rk4 with a fixed dt when noise > 0")
-        check(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
 
 
 # ---- the exact linear part ------------------------------------------------------------------------

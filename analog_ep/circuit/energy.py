@@ -26,36 +26,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from analog_ep.errors import check
-
-
-@dataclass
-class EnergyConfig:
-    """Device and periphery constants of the energy/latency estimate."""
-
-    v_read: float = 0.2
-    """Read voltage amplitude on the rows (V)."""
-    g_max: float = 1e-5
-    """Conductance of a device at the top of its range (S): 10 uS ~ 100 kOhm."""
-    e_pulse: float = 1e-12
-    """Energy of one programming pulse (J)."""
-    t_pulse: float = 1e-7
-    """Duration of one pulse round on an array (s); rounds of different arrays overlap."""
-    e_adc: float = 2e-12
-    """Energy of one ADC conversion (J)."""
-    t_adc: float = 1e-8
-    """Time of one conversion (s); the columns convert in parallel."""
-    p_laser: float = 0.0
-    """Optical: electrical (wall-plug) power of the laser light feeding one input waveguide (W),
-    on while a phase runs."""
-    e_modulator: float = 0.0
-    """Optical: energy to modulate one input value onto its waveguide, driver included (J)."""
-    e_detector: float = 0.0
-    """Optical: energy of one photodetector reading with its transimpedance amplifier (J)."""
-
-    def __post_init__(self):
-        for key, value in asdict(self).items():
-            check(value >= 0, key, value, "must be >= 0")
+from analog_ep.schema.circuit import EnergyConfig  # noqa: F401  (re-exported)
 
 
 @dataclass

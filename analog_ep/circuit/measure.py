@@ -24,55 +24,12 @@ from dataclasses import dataclass, field
 import torch
 
 from analog_ep.circuit.dynamics import CircuitConfig, circuit_solver
-from analog_ep.circuit.monitor import MonitorConfig, SettleMonitor
+from analog_ep.circuit.monitor import SettleMonitor
 from analog_ep.errors import check
 from analog_ep.estimator.ep import Adjoint, EPConfig, NudgePoints, estimate_adjoint, vector_field_gradient
 from analog_ep.model.base import EquilibriumModel
 from analog_ep.phase import Controller, Fixed, Solver, State, Term, solve
-
-
-@dataclass
-class SettleConfig:
-    """How long a phase settles and how its nodes are sampled."""
-
-    time: float = 0.0
-    """Fixed settle time in seconds (0: settle until the monitor says so, up to `cap`)."""
-    cap: float = 1e-6
-    """Longest settle in seconds when monitored."""
-    check_every: float = 1e-8
-    """Seconds between settle-monitor checks."""
-    monitor: MonitorConfig = field(default_factory=MonitorConfig)
-    """Settled / slow / oscillating classification and its threshold."""
-    adc_bits: int = 0
-    """Bits of the node-sampling ADC (0: ideal sampling)."""
-    adc_range: float = 4.0
-    """The ADC spans +-adc_range (state units); samples outside are clipped."""
-    adc_noise: float = 0.0
-    """Input-referred ADC noise (state units, Gaussian, fresh per sample)."""
-    lockin: int = 1
-    """Samples averaged per measurement (lock-in window; 1: a single snapshot)."""
-    lockin_interval: float = 1e-9
-    """Seconds between lock-in samples (the circuit keeps running in between): the window lasts
-    (lockin - 1) x lockin_interval, counted in the phase's time, read energy and latency."""
-    nudge_per_token: bool = True
-    """Nudge every output node with the gradient of its own token's loss (beta per token, node
-    displacements an ADC can resolve). False: the digital estimator's batch-mean nudge, for
-    ideal reference circuits that must reproduce the digital twin."""
-    stop_on_floor: bool = True
-    """End a monitored settle once the monitor has diagnosed the same noise floor or limit cycle
-    for a whole window of checks (waiting longer changes nothing); False waits for the threshold
-    or the cap."""
-
-    def __post_init__(self):
-        if isinstance(self.monitor, dict):
-            self.monitor = MonitorConfig(**self.monitor)
-        check(self.time >= 0, "time", self.time, "must be >= 0 (0: monitored settle)")
-        check(self.cap > 0 and self.check_every > 0, "cap", self.cap, "cap and check_every must be > 0")
-        check(self.adc_bits == 0 or 2 <= self.adc_bits <= 32, "adc_bits", self.adc_bits, "must be 0 or 2..32")
-        check(self.adc_range > 0, "adc_range", self.adc_range, "must be > 0")
-        check(self.adc_noise >= 0, "adc_noise", self.adc_noise, "must be >= 0")
-        check(self.lockin >= 1, "lockin", self.lockin, "must be >= 1")
-        check(self.lockin_interval > 0, "lockin_interval", self.lockin_interval, "must be > 0")
+from analog_ep.schema.circuit import MonitorConfig, SettleConfig  # noqa: F401  (re-exported)
 
 
 class Monitored(Controller):

@@ -51,54 +51,11 @@ import numpy as np
 import torch
 
 from analog_ep.errors import check
+from analog_ep.schema.circuit import MonitorConfig  # noqa: F401  (re-exported)
 
 VERDICTS = ("settled", "slow", "oscillating", "noise_floor", "running")
 
 _LOG_FLOOR = 1e-300  # log10 of a zero residual (a state that stopped exactly)
-
-
-@dataclass
-class MonitorConfig:
-    """Thresholds of the settle monitor (all per check: they scale with the check spacing)."""
-
-    threshold: float = 1e-4
-    """Residual (dimensionless: the caller's relative speed ||dz|| / ||z|| over its reference
-    interval) at or below which the state counts as settled."""
-    window: int = 16
-    """Checks in the trailing window behind the verdict (fewer recorded: 'running')."""
-    slow_decay: float = 0.05
-    """Least decay of log10(residual) per check (decades / check), least-squares over the window,
-    that counts as still converging ('slow'); a mode of rate lambda checked every dt decays
-    lambda dt / ln 10."""
-    min_crossings: int = 4
-    """Zero crossings (count) of the best-fitting detrended probe within the window that, with a
-    floored residual and coherent motion, indicate oscillation; 4 = two periods."""
-    min_coherence: float = 0.8
-    """Fraction (0..1) of the probes' detrended variance that the shared recurrence must predict
-    one check ahead to count as coherent motion (measured >= 0.93 on limit cycles, <= 0.63 on
-    noise floors; see the module docstring)."""
-    probes: int = 8
-    """Random unit directions (count) the state is projected on at each check. Pooling them keeps
-    the fit from explaining noise (max coherence on noise 0.79 with 2 probes, 0.56 with 8, at
-    order 4) and leaves no cycle hidden from all of them."""
-    order: int = 4
-    """Past checks (count) the shared recurrence uses: a sum of q sinusoids needs 2q, so 4 fits a
-    cycle's fundamental and first harmonic (at order 2 the block's cycles fall to 0.84, and a
-    Hopf cycle with a harmonic to 0.23)."""
-
-    def __post_init__(self):
-        check(math.isfinite(self.threshold) and self.threshold > 0, "threshold", self.threshold, "must be > 0")
-        check(isinstance(self.min_crossings, int) and self.min_crossings >= 2, "min_crossings",
-              self.min_crossings, "must be an integer >= 2", "a period needs two crossings")
-        check(isinstance(self.order, int) and self.order >= 1, "order", self.order, "must be an integer >= 1")
-        check(isinstance(self.probes, int) and self.probes >= 1, "probes", self.probes, "must be an integer >= 1")
-        # Each probe adds window - order equations for 2 offset/trend unknowns: keep >= 4 spare.
-        need = max(self.min_crossings + 2, self.order + 6)
-        check(isinstance(self.window, int) and self.window >= need, "window", self.window,
-              f"must be an integer >= {need}", f"min_crossings={self.min_crossings}, order={self.order} need it")
-        check(math.isfinite(self.slow_decay) and self.slow_decay > 0, "slow_decay", self.slow_decay,
-              "must be > 0 (decades per check)")
-        check(0 < self.min_coherence < 1, "min_coherence", self.min_coherence, "must be in (0, 1)")
 
 
 @dataclass

@@ -36,7 +36,9 @@ from analog_ep.relax.solvers import RelaxConfig
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a @ b) / (a.norm() * b.norm() + 1e-30))
+    """cos(a, b) of two flat tensors, clamped to [-1, 1] (rounding gives 1.000000238 for a == b in
+    float32); 0 when either is zero."""
+    return min(1.0, max(-1.0, float((a @ b) / (a.norm() * b.norm() + 1e-30))))
 
 
 def group_cosines(model: EquilibriumModel, g1: dict, g2: dict) -> dict[str, float]:

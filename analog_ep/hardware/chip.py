@@ -14,78 +14,45 @@ which the optimizer updates.
 
 Writes take the desired change of each matrix (model units) and realise it through the device:
 'sign_pulse' sends at most one pulse per device per round (Lion's sign update), 'quantized'
-rounds the change to whole pulses (at most `max_pulses`), 'ideal' sets the weights exactly.
+rounds the change to whole pulses (at most `max_pulses`) stochastically, 'ideal' sets the
+weights exactly.
+
+The write controller is what a chip's digital controller would hold, and no more:
+
+* Stochastic rounding. A change of q nominal pulses becomes floor(q) + 1 pulses with probability
+  q - floor(q), drawn from the controller's own generator (seeded from the chip seed): unbiased,
+  so updates far below one pulse still move the weights on average, with no per-weight memory
+  (a residual accumulator would hold one digital word per device, as much memory as the weights).
+* Weight decay W <- (1 - f) W (Lion's decoupled decay, whose sign updates carry none of it) owes
+  f of every weight. The controller keeps one number per matrix, the decay fraction owed; once a
+  weight at the top of the range owes half a pulse it reads the matrix through the periphery
+  (`read_matrix`, one read per input row) and sends each device its stochastically rounded share
+  toward zero.
+* Program-and-verify reads through the periphery as well (converters, read noise, mismatch,
+  levels), so it stops on what the chip sees; its report also says how far the devices really
+  ended (`ProgramReport`).
 """
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 from aihwkit.simulator.tiles import AnalogTile
 
 from analog_ep.circuit.energy import ChipLoad
 from analog_ep.errors import check
-from analog_ep.hardware.device import DeviceConfig
+from analog_ep.hardware.cycle import CycleNoise
+from analog_ep.hardware.device import DeviceConfig, construction_seed
 from analog_ep.hardware.ledger import PulseLedger
-from analog_ep.hardware.periphery import (NoiseSource, PeripheryConfig, analog_matmul, effective_conductances,
+from analog_ep.hardware.periphery import (NoiseSource, analog_matmul, effective_conductances,
                                           mismatch_gains)
 from analog_ep.hardware.tiles import CrossbarArray, ProgramReport
 from analog_ep.model.base import EquilibriumModel
+from analog_ep.schema.hardware import PROGRAMS, WRITES, ChipConfig  # noqa: F401  (re-exported)
 
-WRITES = ("sign_pulse", "quantized", "ideal")
-PROGRAMS = ("ideal", "verify")
-
-
-@dataclass
-class ChipConfig:
-    """Devices, periphery, tiling and write scheme of one chip."""
-
-    device: DeviceConfig = field(default_factory=DeviceConfig)
-    """The crossbar cell (aihwkit device model and its variation)."""
-    periphery: PeripheryConfig = field(default_factory=PeripheryConfig)
-    """Converters, noise, quantisation and mismatch of every read."""
-    tile_rows: int = 512
-    """Crossbar rows (inputs) per tile."""
-    tile_cols: int = 512
-    """Crossbar columns (outputs) per tile."""
-    range_factor: float = 2.0
-    """The devices' symmetric conductance range covers +-range_factor x max|W0| of each matrix:
-    headroom for learning, traded against resolution (one pulse = dw_min x that scale)."""
-    readout_on_tiles: bool = False
-    """Also put the readout W_head on a crossbar."""
-    embeddings_on_tiles: bool = False
-    """Also put the token and position embeddings on crossbars (read as one-hot rows)."""
-    program: str = "ideal"
-    """Initial programming: 'ideal' (set exactly) or 'verify' (pulse-and-read until within tolerance)."""
-    program_tolerance: float = 0.5
-    """Program-and-verify stops for a device within this many nominal pulse steps of its target."""
-    program_rounds: int = 200
-    """Program-and-verify round cap."""
-    write: str = "sign_pulse"
-    """'sign_pulse' (one pulse per device per round, Lion), 'quantized' (update rounded to whole
-    pulses) or 'ideal' (weights set exactly: the comparison baseline)."""
-    max_pulses: int = 8
-    """Cap on pulses per device per step for 'quantized' writes and trust-ratio gains."""
-    seed: int = 0
-    """Chip seed: device-to-device variation and mismatch are drawn once from it."""
-
-    def __post_init__(self):
-        if isinstance(self.device, dict):
-            self.device = DeviceConfig(**self.device)
-        if isinstance(self.periphery, dict):
-            self.periphery = PeripheryConfig(**self.periphery)
-        check(self.write in WRITES, "write", self.write, "unknown write scheme", f"use one of {', '.join(WRITES)}")
-        check(self.program in PROGRAMS, "program", self.program, "unknown programming",
-              f"use one of {', '.join(PROGRAMS)}")
-        check(self.tile_rows >= 1 and self.tile_cols >= 1, "tile_rows", (self.tile_rows, self.tile_cols),
-              "tile sizes must be >= 1")
-        check(self.range_factor > 0, "range_factor", self.range_factor, "must be > 0")
-        check(self.max_pulses >= 1, "max_pulses", self.max_pulses, "must be >= 1")
 
 
 def device_bounds(device: DeviceConfig) -> tuple[float, float]:
     """Typical (w_min, w_max) a cell can hold, measured by writing far out of range and reading back."""
-    tile = AnalogTile(64, 64, device.rpu_config(12345))
+    tile = AnalogTile(64, 64, device.rpu_config(12345, seeded_noise=True))  # noiseless: bounds only
     tile.set_weights(torch.full((64, 64), 1e3))
     hi = float(tile.get_weights()[0].median())
     tile.set_weights(torch.full((64, 64), -1e3))
@@ -100,7 +67,7 @@ class AnalogChip:
         self.model, self.config = model, config
         self.ledger = ledger if ledger is not None else PulseLedger()
         self.w_min, self.w_max = device_bounds(config.device)
-        usable = min(-self.w_min, self.w_max)
+        self.usable = usable = min(-self.w_min, self.w_max)
         check(usable > 0, "device.differential", config.device.differential,
               f"{config.device.model} holds only one sign (range [{self.w_min:g}, {self.w_max:g}])",
               "set device.differential: true to store each weight on a pair of devices")
@@ -108,31 +75,42 @@ class AnalogChip:
         self.arrays: dict[str, CrossbarArray] = {}
         self.gains: dict[str, torch.Tensor] = {}
         self.reports: dict[str, ProgramReport] = {}
+        self.programming: dict[str, dict[str, torch.Tensor]] = {}  # name -> initial targets and device states
         self._G: dict[str, torch.Tensor] = {}
         self._shared: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self._GT: dict[str, torch.Tensor] = {}  # transposed conductances for column reads
         self._effective: dict[str, torch.Tensor] = {}  # name -> effective weights, model units
-        self._conductance_sum = 0.0  # tile units, every device (pairs: both)
+        self._conductance: dict[str, float] = {}  # name -> summed conductance, tile units (pairs: both)
+        # Per-read noise: seeded from the chip, drawn from a pre-drawn bank (see NoiseSource).
+        self.noise = NoiseSource(torch.Generator().manual_seed(config.seed + 1), config.periphery.noise_bank)
+        # The write controller's own randomness (stochastic rounding), seeded from the chip.
+        self.write_generator = torch.Generator().manual_seed(config.seed + 2)
+        self.decay_owed: dict[str, float] = {}  # matrix -> weight-decay fraction not yet written
+        self.reads = 0  # matrix-vector reads the controller issued (verification, decay), not relaxations
         gen = torch.Generator().manual_seed(config.seed)
+        self.cycle_generator = torch.Generator().manual_seed(construction_seed(config.seed, "cycle noise", (0, 0)))
+        self.cycle_noise = CycleNoise(config.device.device(0), config.device.differential, self.cycle_generator) \
+            if config.cycle_noise == "seeded" else None
         for name in self._selected(model, config):
-            W = model.get_parameter(name).detach().float()
+            W = model.get_parameter(name).detach().float().clone()  # refreshes overwrite the parameter
             scale = config.range_factor * float(W.abs().max().clamp_min(1e-8)) / usable
             arr = CrossbarArray(name, tuple(W.shape), config.device, config.tile_rows, config.tile_cols,
-                                config.seed, scale, self.ledger)
-            if config.program == "verify":
-                self.reports[name] = arr.program(W, config.program_tolerance, config.program_rounds)
-            else:
-                arr.set(W)
-                self.reports[name] = ProgramReport(0, 0, float((arr.read() - W).abs().max()))
+                                config.seed, scale, self.ledger, self.cycle_noise)
             self.arrays[name] = arr
             self.step_size[name] = config.device.dw_min * scale
             p = config.periphery
             self.gains[name] = mismatch_gains((*arr.grid, arr.tile_rows, arr.tile_cols), p.mismatch,
                                               p.mismatch_clamp, gen) if p.mismatch > 0 else None
-        # Per-read noise: seeded from the chip, drawn from a pre-drawn bank (see NoiseSource).
+            if config.program == "verify":
+                self.reports[name] = arr.program(W, lambda n=name: self._fresh_read(n), config.program_tolerance,
+                                                 config.program_rounds)
+            else:
+                arr.set(W)
+                left = arr.read() - W
+                self.reports[name] = ProgramReport(0, 0, float(left.abs().max()), float(left.pow(2).mean().sqrt()))
+            self.programming[name] = {"target": W, "programmed": arr.device_conductances()}
         self.last_rounds = 0  # pulse rounds of the last write (the slowest array)
         self.last_pulses = 0  # pulses of the last write
-        self.noise = NoiseSource(torch.Generator().manual_seed(config.seed + 1), config.periphery.noise_bank)
         model.hardware = self
         self.refresh()
 
@@ -153,20 +131,23 @@ class AnalogChip:
     @torch.no_grad()
     def refresh(self) -> None:
         """Read every tile once; cache effective conductances; mirror them into the model."""
-        self._effective.clear()
-        total = 0.0
-        for name, arr in self.arrays.items():
-            G = effective_conductances(arr.read_tiles(), self.config.periphery, self.gains[name],
-                                       self.w_min, self.w_max)
-            if arr.grid == (1, 1):  # one tile: its zero padding only costs time in every product
-                G = G[:, :, : arr.shape[0], : arr.shape[1]].contiguous()
-            self._G[name] = G
-            self._GT.pop(name, None)
-            self._shared.clear()  # fused views are rebuilt from the fresh reads on first use
-            p = self.model.get_parameter(name)
-            p.copy_(arr.assemble(G).to(p.dtype))
-            total += arr.conductance_sum() if self.config.device.differential else float(G.abs().sum())
-        self._conductance_sum = total
+        for name in self.arrays:
+            self._refresh(name)
+
+    @torch.no_grad()
+    def _refresh(self, name: str) -> None:
+        arr = self.arrays[name]
+        G = effective_conductances(arr.read_tiles(), self.config.periphery, self.gains[name],
+                                   self.w_min, self.w_max)
+        if arr.grid == (1, 1):  # one tile: its zero padding only costs time in every product
+            G = G[:, :, : arr.shape[0], : arr.shape[1]].contiguous()
+        self._G[name] = G
+        self._GT.pop(name, None)
+        self._shared.clear()  # fused views are rebuilt from the fresh reads on first use
+        self._effective.clear()  # rebuilt from the fresh reads on first use
+        p = self.model.get_parameter(name)
+        p.copy_(arr.assemble(G).to(p.dtype))
+        self._conductance[name] = arr.conductance_sum() if self.config.device.differential else float(G.abs().sum())
 
     def effective_weights(self) -> dict[str, torch.Tensor]:
         """name -> what a read of each held matrix means without noise and converters: the programmed
@@ -177,6 +158,19 @@ class AnalogChip:
                 dtype = self.model.get_parameter(name).dtype
                 self._effective[name] = arr.assemble(self._G[name]).to(dtype)
         return dict(self._effective)
+
+    @torch.no_grad()
+    def read_matrix(self, name: str) -> torch.Tensor:
+        """The matrix as the chip reads it, (in, out) model units: a one-hot input per row through
+        the periphery (DAC, read noise, ADC, mismatch, levels), one matrix-vector read each."""
+        rows = self.arrays[name].shape[0]
+        self.reads += rows
+        return self.matmul(name, torch.eye(rows))
+
+    def _fresh_read(self, name: str) -> torch.Tensor:
+        """`read_matrix` after the array's conductances changed (program-and-verify)."""
+        self._refresh(name)
+        return self.read_matrix(name)
 
     def matmul_shared(self, names: tuple[str, ...], x: torch.Tensor) -> list[torch.Tensor]:
         """x @ W for several matrices reading the same input (Q, K, V): one batched periphery call.
@@ -217,31 +211,53 @@ class AnalogChip:
 
     # ---- writes ------------------------------------------------------------------------------
     @torch.no_grad()
-    def write(self, deltas: dict[str, torch.Tensor], step: int, pulse_counts: dict[str, int] | None = None
-              ) -> int:
+    def write(self, deltas: dict[str, torch.Tensor], step: int, pulse_counts: dict[str, int] | None = None,
+              decay: dict[str, float] | None = None) -> int:
         """Realise the desired change of each held matrix (model units); returns pulses sent.
 
         `pulse_counts` (sign_pulse only) repeats a matrix's sign round that many times: the
-        per-tensor gain of Lion's trust-ratio variant, as whole pulses.
+        per-tensor gain of Lion's trust-ratio variant, as whole pulses. `decay` (matrix -> f)
+        adds decoupled weight decay W <- (1 - f) W, for updates that do not carry it (Lion's signs):
+        exact for 'ideal' writes, else owed and written as pulses (module docstring).
         """
         sent, self.last_rounds = 0, 0
-        for name, delta in deltas.items():
-            arr = self.arrays[name]
+        decay = decay or {}
+        cap = self.config.max_pulses
+        for name in dict.fromkeys([*deltas, *decay]):
+            arr, delta = self.arrays[name], deltas.get(name)
             if self.config.write == "ideal":
-                arr.set(arr.read() + delta.float())
+                W = arr.read() * (1.0 - decay.get(name, 0.0))
+                arr.set(W if delta is None else W + delta.float())
                 continue
-            if self.config.write == "sign_pulse":
-                n = (pulse_counts or {}).get(name, 1)
-                pulses = torch.sign(delta) * min(n, self.config.max_pulses)
+            if delta is None:
+                pulses = torch.zeros(arr.shape)
+            elif self.config.write == "sign_pulse":
+                pulses = torch.sign(delta) * min((pulse_counts or {}).get(name, 1), cap)
             else:
-                pulses = torch.round(delta / self.step_size[name]).clamp(-self.config.max_pulses,
-                                                                         self.config.max_pulses)
+                pulses = self.stochastic_round(delta / self.step_size[name]).clamp(-cap, cap)
+            if name in decay:
+                pulses = (pulses + self._decay_pulses(name, decay[name])).clamp(-cap, cap)
             rounds = int(pulses.abs().max()) if pulses.numel() else 0
             self.last_rounds = max(self.last_rounds, rounds)  # arrays are written in parallel
             for k in range(1, rounds + 1):  # round k pulses the devices that still owe >= k pulses
                 sent += arr.pulse((torch.sign(pulses) * (pulses.abs() >= k)).to(torch.int8), step)
         self.refresh()
         return sent
+
+    def stochastic_round(self, q: torch.Tensor) -> torch.Tensor:
+        """floor(q) + 1 with probability q - floor(q), else floor(q): unbiased whole pulses."""
+        low = torch.floor(q)
+        return low + (torch.rand(q.shape, generator=self.write_generator, dtype=q.dtype) < q - low).to(q.dtype)
+
+    def _decay_pulses(self, name: str, fraction: float) -> torch.Tensor:
+        """Pulses toward zero for the weight decay owed by `name` (zeros until it is worth a read)."""
+        owed = 1.0 - (1.0 - self.decay_owed.get(name, 0.0)) * (1.0 - fraction)
+        # A weight at the top of the range (usable x scale) then owes half a nominal pulse.
+        if owed * self.usable < 0.5 * self.config.device.dw_min:
+            self.decay_owed[name] = owed
+            return torch.zeros(self.arrays[name].shape)
+        self.decay_owed[name] = 0.0
+        return self.stochastic_round(-owed * self.read_matrix(name).float() / self.step_size[name])
 
     @torch.no_grad()
     def replay(self, ledger: PulseLedger, phase: str | None = "train") -> int:
@@ -262,8 +278,37 @@ class AnalogChip:
         their input and output lines."""
         rows = sum(arr.shape[0] for arr in self.arrays.values())
         cols = sum(arr.shape[1] for arr in self.arrays.values())
-        return ChipLoad(self._conductance_sum / self.w_max * g_max, rows, cols)
+        return ChipLoad(sum(self._conductance.values()) / self.w_max * g_max, rows, cols)
+
+    def schedule_state(self) -> dict[str, dict]:
+        """Per array, what a device-programming schedule holds besides the ledger (see
+        `analog_ep.schedule`): scale, initial target weights (model units), the devices' states
+        right after programming and now (tile units, `CrossbarArray.device_conductances`)."""
+        return {name: {"scale": arr.scale, "shape": arr.shape, "target": self.programming[name]["target"],
+                       "programmed": self.programming[name]["programmed"], "final": arr.device_conductances()}
+                for name, arr in self.arrays.items()}
 
     @property
     def pulses(self) -> int:
         return sum(arr.pulses for arr in self.arrays.values())
+
+    # ---- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The chip's whole mutable state: every array's devices, the read-noise and cycle-noise
+        generators, the write controller's generator and owed decay, and the ledger's length (the ledger itself is saved in run.h5). The static
+        draws (device-to-device variation, mismatch gains, the noise bank) follow from the seed."""
+        return {"arrays": {n: a.state_dict() for n, a in self.arrays.items()},
+                "read_noise": self.noise.state_dict(), "cycle_generator": self.cycle_generator.get_state(),
+                "ledger_rounds": len(self.ledger),
+                # the write controller: stochastic rounding's generator, owed weight decay, its reads
+                "write_generator": self.write_generator.get_state(), "decay_owed": dict(self.decay_owed),
+                "reads": self.reads}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, arr in self.arrays.items():
+            arr.load_state_dict(state["arrays"][name])
+        self.noise.load_state_dict(state["read_noise"])
+        self.cycle_generator.set_state(state["cycle_generator"])
+        self.write_generator.set_state(state["write_generator"])
+        self.decay_owed, self.reads = dict(state["decay_owed"]), state["reads"]
+        self.refresh()

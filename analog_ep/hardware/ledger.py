@@ -217,6 +217,41 @@ class PulseLedger:
         self._chunk_bytes += len(packed)
         self._buffer, self._buffer_bytes = [], 0
 
+    def truncate(self, rounds: int) -> None:
+        """Keep the first `rounds` rounds only, with the chunk layout recording them would give.
+
+        A run resumed from a checkpoint drops the rounds its run.h5 recorded after the state it
+        continues from; recording on then reproduces the uninterrupted ledger byte for byte.
+        """
+        if not (isinstance(rounds, int) and 0 <= rounds <= self._n):
+            raise LedgerError(f"PulseLedger.truncate({rounds!r}): must be an int in [0, {self._n}]")
+        if rounds == self._n:
+            return
+        kept = sum(1 for first, count, _ in self._chunk_index if first + count <= rounds)
+        tail_first = self._chunk_index[kept - 1][0] + self._chunk_index[kept - 1][1] if kept else 0
+        if kept < len(self._chunks):  # the cut falls inside a sealed chunk
+            data = _decompress(self.config.codec, self._chunks[kept])
+            source_first = self._chunk_index[kept][0]
+        else:  # inside the uncompressed buffer
+            data = b"".join(self._buffer)
+            source_first = self._n - len(self._buffer)
+        rows = self._index[source_first:rounds]
+        bounds = np.concatenate([[0], np.cumsum(_round_nbytes(rows["rows"], rows["cols"]))])
+        skip = tail_first - source_first
+        self._buffer = [data[a:b] for a, b in zip(bounds[skip:-1], bounds[skip + 1:])]
+        self._buffer_bytes = sum(len(b) for b in self._buffer)
+        self._chunks, self._chunk_index = self._chunks[:kept], self._chunk_index[:kept]
+        self._chunk_bytes = sum(len(c) for c in self._chunks)
+        self._n = rounds
+        index = self._index[:rounds]
+        self._raw_bytes = int(np.sum(index["rows"].astype(np.int64) * index["cols"]))
+        # Names are interned in order of first appearance: the kept rounds use a prefix of them.
+        for names, ids, field in ((self._arrays, self._array_ids, "array_id"), (self._phases, self._phase_ids, "phase_id")):
+            used = int(index[field].max()) + 1 if rounds else 0
+            for name in names[used:]:
+                del ids[name]
+            del names[used:]
+
     # ------------------------------------------------------------------ totals
 
     def __len__(self) -> int:

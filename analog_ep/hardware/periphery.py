@@ -26,77 +26,11 @@ levels of 1/63; 9-bit ADC over +-12: 511 levels of 24/510). Tiles are summed dig
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 import torch
 
-from analog_ep.errors import check
+from analog_ep.schema.hardware import NOISE_MANAGEMENT, PeripheryConfig  # noqa: F401  (re-exported)
 
-NOISE_MANAGEMENT = ("abs_max", "none")
-
-
-@dataclass
-class PeripheryConfig:
-    """Converters, read noise and static fabrication effects of every crossbar tile."""
-
-    dac_bits: int = 0
-    """Input DAC resolution in bits (0: ideal input, neither quantised nor clipped; else >= 2).
-    Step 2*dac_bound/(2**dac_bits - 2), aihwkit inp_res = 1/(2**dac_bits - 2)."""
-    dac_bound: float = 1.0
-    """DAC range: inputs are clipped to +-dac_bound after noise management (normalised units)."""
-    adc_bits: int = 0
-    """Output ADC resolution in bits (0: ideal output, neither quantised nor clipped; else >= 2).
-    Step 2*adc_bound/(2**adc_bits - 2), aihwkit out_res = 1/(2**adc_bits - 2)."""
-    adc_bound: float = 12.0
-    """ADC range: tile outputs are clipped to +-adc_bound (normalised units: tile weight units times
-    noise-managed inputs), aihwkit out_bound."""
-    read_noise: float = 0.0
-    """Std of additive Gaussian noise on each tile output, before the ADC (normalised units),
-    fresh every read: aihwkit out_noise."""
-    optical_noise: float = 0.0
-    """Multiplicative output noise sigma: every MVM output y -> y * (1 + sigma * N(0, 1)), fresh
-    every call, applied to the final model-unit output."""
-    weight_bits: int = 0
-    """Programmable conductance levels: 2**weight_bits equally spaced levels over [w_min, w_max]
-    (0: analog continuum)."""
-    mismatch: float = 0.0
-    """Static fabrication mismatch sigma: each device reads with gain 1 + sigma * N(0, 1), drawn
-    once per chip (dimensionless)."""
-    mismatch_clamp: tuple[float, float] = (0.2, 5.0)
-    """(low, high) bounds of a mismatch gain; keeps gains positive (a device cannot flip sign)."""
-    noise_management: str = "abs_max"
-    """'abs_max': each input vector is divided by its max |x| over the tile's rows before the DAC
-    and the output multiplied back (aihwkit NoiseManagementType.ABS_MAX); 'none': no scaling."""
-    noise_bank: int = 1 << 22
-    """Samples in the pre-drawn Gaussian bank that read and optical noise are taken from (a window
-    at a random offset per read; 16 MiB at the default). 0: fresh draws on every read, exact but
-    about 2x slower for a noisy relaxation. Reads larger than half the bank always draw fresh."""
-
-    def __post_init__(self):
-        check(_is_int(self.noise_bank) and self.noise_bank >= 0, "noise_bank", self.noise_bank,
-              "must be an integer >= 0", "0 draws fresh noise on every read")
-        for key in ("dac_bits", "adc_bits"):
-            bits = getattr(self, key)
-            check(_is_int(bits) and (bits == 0 or 2 <= bits <= 32), key, bits,
-                  "must be 0 (ideal) or an integer in [2, 32]", "a 1-bit converter has no step: 2*bound/(2**1-2)")
-        check(_is_int(self.weight_bits) and 0 <= self.weight_bits <= 32, "weight_bits", self.weight_bits,
-              "must be 0 (analog) or an integer in [1, 32]")
-        for key in ("dac_bound", "adc_bound"):
-            bound = getattr(self, key)
-            check(bound > 0 and bound != float("inf"), key, bound, "must be finite and > 0",
-                  "set the bits to 0 for an ideal, unclipped converter")
-        for key in ("read_noise", "optical_noise", "mismatch"):
-            check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0 (a standard deviation)")
-        lo_hi = tuple(self.mismatch_clamp)
-        check(len(lo_hi) == 2 and 0 <= lo_hi[0] <= 1 <= lo_hi[1] and lo_hi[0] < lo_hi[1], "mismatch_clamp",
-              self.mismatch_clamp, "must be (low, high) with 0 <= low <= 1 <= high, low < high")
-        self.mismatch_clamp = (float(lo_hi[0]), float(lo_hi[1]))
-        check(self.noise_management in NOISE_MANAGEMENT, "noise_management", self.noise_management,
-              "unknown noise management", f"use one of {', '.join(NOISE_MANAGEMENT)}")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def to_tiles(W: torch.Tensor, tile_rows: int, tile_cols: int) -> torch.Tensor:
@@ -122,15 +56,18 @@ def mismatch_gains(shape, sigma: float, clamp: tuple[float, float] = (0.2, 5.0),
 
 
 def quantize_levels(G: torch.Tensor, bits: int, w_min: float = -1.0, w_max: float = 1.0) -> torch.Tensor:
-    """Round to the nearest of 2**bits equally spaced levels spanning [w_min, w_max] (bits=0: G).
+    """Round to the nearest programmable level (bits=0: G itself).
 
-    Values outside the range go to the end levels (a device cannot be programmed beyond them).
+    The converters' convention: 2**bits - 1 symmetric levels k x step, |k| <= 2**(bits-1) - 1,
+    step = max(-w_min, w_max) / (2**(bits-1) - 1), so 0 and +-the larger bound are levels (a zero
+    weight reads as 0, and the level set does not depend on the sign). Values beyond a device's
+    own bounds read as those bounds (a device cannot be programmed past them).
     """
     if bits == 0:
         return G
-    step = (w_max - w_min) / (2 ** bits - 1)
-    k = ((G.clamp(w_min, w_max) - w_min) / step).round_()
-    return k.mul_(step).add_(w_min)
+    top = 2 ** (bits - 1) - 1
+    step = max(-w_min, w_max) / top
+    return G.div(step).round_().clamp_(-top, top).mul_(step).clamp_(w_min, w_max)
 
 
 def effective_conductances(G: torch.Tensor, cfg: PeripheryConfig, gains: torch.Tensor | None = None,
@@ -200,26 +137,54 @@ class NoiseSource:
 
     Drawing Gaussians is the dominant cost of a noisy read on CPU (torch's sampler costs ~0.8 of a
     matmul of the same output size). The bank (`bank_size` samples, standardised to mean 0 and
-    variance 1 exactly) is drawn once; each read takes a contiguous window at a uniformly random
-    offset. Within a read all samples are distinct draws; a given output meets the same sample in
-    two reads with probability 1/bank_size. `bank_size` 0 (or a read larger than half the bank)
-    draws fresh samples instead.
+    variance 1 exactly) is drawn once, from its own generator seeded with `generator`'s initial
+    seed, so it depends on the seed alone and not on when it is first needed; each read takes a
+    contiguous window at a uniformly random offset drawn from `generator`. Within a read all
+    samples are distinct draws; a given output meets the same sample in two reads with
+    probability 1/bank_size. `bank_size` 0 (or a read larger than half the bank) draws fresh
+    samples from `generator` instead.
+
+    The source's whole state is `generator`'s (`state_dict`); `fork(generator)` gives a source
+    that shares the bank but draws from another generator (evaluation reads, which must not move
+    the training stream).
     """
 
-    def __init__(self, generator: torch.Generator, bank_size: int = 1 << 22):
+    def __init__(self, generator: torch.Generator, bank_size: int = 1 << 22, bank: "_Bank | None" = None):
         self.generator, self.bank_size = generator, bank_size
-        self._bank: torch.Tensor | None = None
+        self._bank = bank if bank is not None else _Bank(bank_size, generator.initial_seed())
 
     def gaussian(self, like: torch.Tensor) -> torch.Tensor:
         n = like.numel()
         if self.bank_size <= 0 or n > self.bank_size // 2 or like.device.type != "cpu":
             return _fresh_gaussian(like, self.generator)
-        if self._bank is None:
-            bank = torch.empty(self.bank_size).normal_(generator=self.generator).double()
-            self._bank = ((bank - bank.mean()) / bank.std()).float()
+        bank = self._bank.samples()
         offset = int(torch.randint(0, self.bank_size - n + 1, (1,), generator=self.generator))
-        window = self._bank[offset: offset + n].view(like.shape)
+        window = bank[offset: offset + n].view(like.shape)
         return window if like.dtype == torch.float32 else window.to(like.dtype)
+
+    def fork(self, generator: torch.Generator) -> "NoiseSource":
+        """A source sharing this one's bank, drawing offsets (and fresh samples) from `generator`."""
+        return NoiseSource(generator, self.bank_size, self._bank)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class _Bank:
+    """`size` standardised N(0, 1) samples drawn on first use from a generator seeded with `seed`."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
+        self._samples: torch.Tensor | None = None
+
+    def samples(self) -> torch.Tensor:
+        if self._samples is None:
+            bank = torch.empty(self.size).normal_(generator=torch.Generator().manual_seed(self.seed)).double()
+            self._samples = ((bank - bank.mean()) / bank.std()).float()
+        return self._samples
 
 
 def _gaussian(like: torch.Tensor, noise: "NoiseSource | torch.Generator | None") -> torch.Tensor:

@@ -19,14 +19,14 @@ Weights are stored (in, out) and applied as ``x @ W``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analog_ep.errors import check
 from analog_ep.model.base import EquilibriumModel
+from analog_ep.schema.model import MODES, TransformerConfig  # noqa: F401  (re-exported)
 from analog_ep.model.layers import (
     cross_entropy_grad,
     gelu_tanh,
@@ -35,67 +35,7 @@ from analog_ep.model.layers import (
     rms_norm,
 )
 
-MODES = ("thick", "real", "energy", "mono")
 _GELU_A = math.sqrt(2.0 / math.pi)
-
-
-@dataclass
-class TransformerConfig:
-    """Shape, force mode and initialisation of the equilibrium transformer block."""
-
-    vocab_size: int = 103
-    """Number of input/output symbols (the default corpus has 103)."""
-    context: int = 64
-    """Sequence length T: the state is (B, T, C) and attention is causal over T."""
-    width: int = 128
-    """Channel width C."""
-    heads: int = 4
-    """Attention heads H; C must be divisible by H (head width C/H)."""
-    mode: str = "thick"
-    """Force mode: 'thick', 'real', 'energy' or 'mono' (see module docstring)."""
-    damping: float = 1.0
-    """Leak c in -c z: adds contraction so a fixed point exists at any attention gain."""
-    attn_gain: float = 1.0
-    """Gain s on the attention force (modes real and mono)."""
-    lse_gamma: float = 0.25
-    """Inverse temperature gamma of the log-sum-exp attention energy (mode energy)."""
-    memory: int = 256
-    """Hopfield memory units Mm (modes real, energy, mono)."""
-    mono_margin: float = 1.0
-    """Strong-monotonicity margin m of the mono mode (symmetric part of J <= -m I)."""
-    ffn_mult: int = 4
-    """FFN hidden width as a multiple of C (thick)."""
-    qk_norm: bool = False
-    """RMS-normalise queries and keys per head: bounds attention logits and tames the Jacobian."""
-    embed_scale: float = 0.02
-    """Std of token and position embeddings at init."""
-    out_scale: float = 1.0
-    """Multiplier on the block's output weights (W_o, W_proj) at init: < 1 starts near identity."""
-    memory_scale: float = 0.3
-    """Hopfield memory init std in units of 1/sqrt(C)."""
-    seed: int = 0
-    """Seed of the weight initialisation."""
-    dtype: str = "float32"
-    """'float32' or 'float64'. float64 makes twins comparable to rounding: in float32 the EP
-    estimate itself scatters by ~1% (the nudge moves z by ~1e-5 of its norm)."""
-
-    def __post_init__(self):
-        check(self.dtype in ("float32", "float64"), "dtype", self.dtype, "unsupported dtype",
-              "use float32 or float64")
-        check(self.mode in MODES, "mode", self.mode, "unknown force mode", f"use one of {', '.join(MODES)}")
-        for key in ("vocab_size", "context", "width", "heads", "memory", "ffn_mult"):
-            check(getattr(self, key) >= 1, key, getattr(self, key), "must be a positive integer")
-        check(self.width % self.heads == 0, "heads", self.heads, f"must divide width={self.width}",
-              "pick heads so that width/heads is an integer")
-        check(self.damping >= 0, "damping", self.damping, "must be >= 0")
-        check(self.lse_gamma > 0, "lse_gamma", self.lse_gamma, "must be > 0")
-
-    @property
-    def leak(self) -> float:
-        """The force's scalar self-decay lambda (F = -lambda z + ...): 1 + c (thick, energy), 1 + s c
-        (real), m (mono)."""
-        return {"thick": 1.0 + self.damping, "energy": 1.0 + self.damping, "real": 1.0 + self.attn_gain * self.damping,
-                "mono": self.mono_margin}[self.mode]
 
 
 class EquilibriumTransformer(EquilibriumModel):

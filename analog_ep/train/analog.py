@@ -10,8 +10,13 @@ effective conductances (reads='chip'); and it writes through the devices (`ChipW
   dw_min x scale (the configured lr still drives the digital parameters: biases, LayerNorms...).
   With Lion's trust ratio the per-tensor gain becomes a whole number of pulses,
   clamp(round(lr_eff / pulse step), 1, max_pulses).
+  Lion's decoupled weight decay is not in the signs: the chip writes it as pulses toward zero
+  (`AnalogChip.write(decay=...)`), as the digital twin applies it.
 * Any other optimizer (or 'quantized'/'ideal' writes): the optimizer's digital step is computed,
-  and its change of each held matrix is written through the chip (rounded to pulses, or exact).
+  weight decay included, and its change of each held matrix is written through the chip
+  (stochastically rounded to pulses, or exact).
+
+Evaluation draws its read noise and circuit noise from generators of its own (`AnalogTwin.evaluate`).
 
 Norm caps and spectral projections do not apply to held matrices: the devices' bounds do.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 
 from analog_ep.circuit.dynamics import CircuitConfig
 from analog_ep.circuit.energy import EnergyConfig
@@ -28,6 +34,9 @@ from analog_ep.model.base import EquilibriumModel
 from analog_ep.train.backend import CircuitBackend, DigitalBackend
 from analog_ep.train.optim import Lion
 from analog_ep.train.twin import DigitalTwin
+
+#: Offset of the evaluation generators' seed from the twin's (see `AnalogTwin.evaluate`).
+EVALUATION_SEED = 0x5EED_E7A1
 
 
 class ChipWriter:
@@ -48,13 +57,15 @@ class ChipWriter:
         if isinstance(optimizer, Lion) and chip.config.write == "sign_pulse":
             updates = optimizer.sign_updates()
             on_chip = {n: updates.pop(p) for n, p in held.items() if p in updates}
-            optimizer.apply_sign_updates(updates)  # digital parameters only
-            optimizer.update_momentum()
+            optimizer.step(updates=updates)  # digital parameters only; the momentum of all
             deltas = {n: -u * lr for n, (u, lr) in on_chip.items()}
             counts = None
             if twin.optim_config.trust_ratio:
                 counts = {n: max(1, round(lr / chip.step_size[n])) for n, (_, lr) in on_chip.items()}
-            chip.last_pulses = chip.write(deltas, step, counts)
+            group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
+            decay = {n: group_of[p]["lr"] * group_of[p]["weight_decay"] for n, p in held.items()
+                     if n in on_chip and group_of[p]["weight_decay"] > 0}
+            chip.last_pulses = chip.write(deltas, step, counts, decay)
         else:
             before = {n: p.detach().clone() for n, p in held.items()}
             optimizer.step()
@@ -64,17 +75,16 @@ class ChipWriter:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """What the tiles hold (conductances in model units) and the pulses sent.
-
-        Device-to-device variation is rebuilt from the chip seed; the cycle-to-cycle noise of the
-        pulses after a resume is a fresh draw (aihwkit keeps its device RNG internal).
-        """
-        return {"tiles": {n: a.read() for n, a in self.chip.arrays.items()}, "pulses": self.chip.pulses}
+        """The chip's state (`AnalogChip.state_dict`: every device's state and step sizes, the
+        read-noise and cycle-noise generators, the write controller's), merged into the twin's.
+        Device-to-device variation and mismatch are rebuilt from the chip seed. With
+        `chip.cycle_noise: seeded` a resumed twin continues bit for bit; with 'aihwkit' its later
+        cycle noise is a fresh draw."""
+        return {"chip": self.chip.state_dict(),
+                "schedule": self.chip.schedule_state()}  # for `analog-ep export` (read only there)
 
     def load_state_dict(self, state: dict) -> None:
-        for name, weights in state["tiles"].items():
-            self.chip.arrays[name].set(weights)
-        self.chip.refresh()
+        self.chip.load_state_dict(state["chip"])
 
 
 class AnalogTwin(DigitalTwin):
@@ -99,3 +109,21 @@ class AnalogTwin(DigitalTwin):
         self.chip = chip
         held = set(chip.arrays)
         self.constraints.matrices = [(n, p) for n, p in self.constraints.matrices if n not in held]
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> float:
+        """Mean loss at the free phase's evaluated state (the circuit's own settles when set).
+
+        Evaluation draws its read noise and circuit noise from generators of its own, seeded
+        afresh for every evaluation from the twin's seed: it never moves the training streams (so
+        how often a run evaluates leaves training bit-identical), and every evaluation sees the
+        same noise realisation (a function of the weights alone, like the fixed batches).
+        """
+        seed = self.generator.initial_seed() + EVALUATION_SEED
+        training_noise, training_generator = self.chip.noise, self.generator
+        self.chip.noise = training_noise.fork(torch.Generator().manual_seed(seed))
+        self.generator = torch.Generator().manual_seed(seed + 1)
+        try:
+            return super().evaluate(batches)
+        finally:
+            self.chip.noise, self.generator = training_noise, training_generator

@@ -58,10 +58,15 @@ class FreePhase:
 class StepCosts:
     """Physical cost of a step (circuits)."""
 
-    settle_time: float = 0.0
-    energy: float = 0.0
+    settle_time: float | None = 0.0
+    """Physical settle time of every phase (s); None when no circuit ran (nothing physical was
+    simulated: the digital loop has no physical time)."""
+    energy: float | None = 0.0
+    """Estimated energy (J); None without a circuit, like `settle_time`."""
     latency: float = 0.0
+    """Estimated time of the step on the chip (s): settles, sampling, writes."""
     detail: StepCost = field(default_factory=StepCost)
+    """The terms the energy and latency are summed from."""
 
 
 class DigitalBackend:
@@ -81,7 +86,7 @@ class DigitalBackend:
         return estimate_adjoint(model, x_in, y, free.z, self.ep_config, self.reads)
 
     def cost(self, model, free: FreePhase, adjoint: Adjoint | None, pulses: int, rounds: int) -> StepCosts:
-        return StepCosts()
+        return StepCosts(settle_time=None, energy=None)
 
 
 class CircuitBackend:
@@ -146,7 +151,7 @@ def check_backend(cfg, explicit: frozenset[str] | None = None) -> None:
     if "analog" not in cfg.train.twins:
         return
     explicit = explicit_keys(cfg) if explicit is None else explicit
-    circuit, settle, ep = cfg.circuit.circuit, cfg.circuit.settle, cfg.ep
+    circuit, settle, ep = cfg.circuit.dynamics, cfg.circuit.settle, cfg.ep
     check_step(circuit, cfg.model.leak)
     where = "the analog twin's circuit"
 
@@ -172,7 +177,7 @@ def check_backend(cfg, explicit: frozenset[str] | None = None) -> None:
         passes = settle.time / circuit.pass_time
         if "ep.eps" in explicit and not _close(ep.eps, circuit.loop_eps):
             refuse("ep.eps", ep.eps, f"re-injects loop_eps={circuit.loop_eps:g} of the force per pass",
-                   f"set ep.eps: {circuit.loop_eps:g} or circuit.circuit.loop_eps: {ep.eps:g}")
+                   f"set ep.eps: {circuit.loop_eps:g} or circuit.dynamics.loop_eps: {ep.eps:g}")
         if "ep.steps" in explicit and not _close(ep.steps, passes):
             refuse("ep.steps", ep.steps, f"settles each phase for {passes:g} passes (circuit.settle.time "
                    f"{settle.time:g} s / pass_time {circuit.pass_time:g} s)",

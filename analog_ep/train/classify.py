@@ -128,7 +128,7 @@ def _train(model, data, relax_config, ep_config, opt_config, epochs, batch_size,
     optimizer = build_optimizer(list(named.values()), opt_config)
     per_epoch = math.ceil(len(data.y_train) / batch_size)
     scheduler = build_scheduler(optimizer, ScheduleConfig(
-        name="cosine" if cosine else "constant", total_steps=epochs * per_epoch))
+        name="cosine" if cosine else "constant", warmup=0, total_steps=epochs * per_epoch))
     history = TrainHistory()
     for epoch in range(1, epochs + 1):
         losses, worst = [], 0.0

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
-from analog_ep.errors import ConfigError, check
+from analog_ep.errors import check
+from analog_ep.schema.train import (DEFAULT_BETAS, OPTIMIZERS, SCHEDULES,  # noqa: F401  (re-exported)
+                                    OptimizerConfig, ScheduleConfig)
 
-OPTIMIZERS = ("lion", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "wsd")
-#: Betas used when `OptimizerConfig.betas` is None (each optimizer's published default).
-DEFAULT_BETAS = {"lion": (0.9, 0.99), "adamw": (0.9, 0.999)}
 
 
 # ---- Lion -----------------------------------------------------------------------------------------
@@ -47,8 +44,9 @@ class Lion(torch.optim.Optimizer):
         """Per parameter with a gradient: (u, lr_eff), u the sign tensor in {-1, 0, 1}.
 
         Changes nothing. The caller applies `p -= lr_eff * u` (after decaying p by
-        `1 - lr*weight_decay` of its group) and must then call `update_momentum()` while the
-        gradients are still in place. `lr_eff` is a Python float (one host sync per tensor when
+        `1 - lr*weight_decay` of its group) to the tensors it handles itself, and passes the
+        others to `step(updates=...)`, which also updates every momentum while the gradients are
+        in place. `lr_eff` is a Python float (one host sync per tensor when
         `trust_ratio` is on).
         """
         updates = {}
@@ -94,65 +92,19 @@ class Lion(torch.optim.Optimizer):
                 state["exp_avg"].lerp_(p.grad, 1 - beta2)
 
     @torch.no_grad()
-    def step(self, closure=None):
-        """One Lion step: exactly `apply_sign_updates(sign_updates())` then `update_momentum()`."""
+    def step(self, closure=None, updates: dict[torch.Tensor, tuple[torch.Tensor, float]] | None = None):
+        """One Lion step: `apply_sign_updates(updates)` then `update_momentum()`.
+
+        `updates` defaults to `sign_updates()`. The analog twin passes what is left of them after
+        taking out the tensors it writes as device pulses, so that every update still goes through
+        `step()`, the call learning-rate schedulers count."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.apply_sign_updates(self.sign_updates())
+        self.apply_sign_updates(self.sign_updates() if updates is None else updates)
         self.update_momentum()
         return loss
-
-
-# ---- optimizer config -------------------------------------------------------------------------------
-@dataclass
-class OptimizerConfig:
-    """Which optimizer to use and its hyper-parameters."""
-
-    name: str = "adamw"
-    """One of 'lion', 'adamw', 'sgd' (SGD uses Nesterov momentum)."""
-
-    lr: float = 1e-3
-    """Peak learning rate (schedules scale it). Lion usually wants 3-10x less than AdamW."""
-
-    betas: tuple[float, float] | None = None
-    """(beta1, beta2) of Lion/AdamW; None = (0.9, 0.99) for Lion, (0.9, 0.999) for AdamW."""
-
-    weight_decay: float = 1e-4
-    """Decoupled weight decay per unit lr: each step multiplies weights by 1 - lr*weight_decay."""
-
-    momentum: float = 0.95
-    """SGD momentum (Nesterov) in [0, 1); 0 = plain SGD. Ignored by Lion/AdamW."""
-
-    trust_ratio: bool = False
-    """Lion only: scale each tensor's step by ||p|| / ||u|| (one gain per array on hardware)."""
-
-    grad_clip: float = 5.0
-    """Clip the global gradient norm to this value before each step; 0 = no clipping."""
-
-    def __post_init__(self):
-        check(self.name in OPTIMIZERS, "optim.name", self.name, "unknown optimizer",
-              f"use one of {', '.join(OPTIMIZERS)}")
-        check(self.lr > 0, "optim.lr", self.lr, "must be positive", "use e.g. 1e-3")
-        if self.betas is not None:
-            check(len(self.betas) == 2, "optim.betas", self.betas, "needs two values",
-                  "use e.g. [0.9, 0.99]")
-            self.betas = tuple(float(b) for b in self.betas)  # YAML gives a list
-            for b in self.betas:
-                check(0.0 <= b < 1.0, "optim.betas", self.betas, "each beta must lie in [0, 1)")
-        check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay,
-              "must be non-negative", "use 0 to disable")
-        check(0.0 <= self.momentum < 1.0, "optim.momentum", self.momentum, "must lie in [0, 1)")
-        check(not self.trust_ratio or self.name == "lion", "optim.trust_ratio", self.trust_ratio,
-              f"only Lion supports it, not {self.name!r}", "set it false or use name: lion")
-        check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "must be non-negative",
-              "use 0 to disable clipping")
-
-    @property
-    def resolved_betas(self) -> tuple[float, float]:
-        """`betas`, or the chosen optimizer's default when None."""
-        return self.betas if self.betas is not None else DEFAULT_BETAS.get(self.name, (0.9, 0.999))
 
 
 def build_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -176,69 +128,6 @@ def clip_gradients(params: Iterable[torch.Tensor], max_norm: float) -> float:
 
 
 # ---- learning-rate schedules --------------------------------------------------------------------------
-@dataclass
-class ScheduleConfig:
-    """Learning-rate schedule as a factor of the peak lr, per optimizer step."""
-
-    name: str = "cosine"
-    """'constant', 'cosine' (decay over the whole run after warmup) or 'wsd' (warmup-stable-decay)."""
-
-    warmup: int = 0
-    """Steps of linear warmup: step s < warmup (0-based) uses (s+1)/warmup of the peak."""
-
-    total_steps: int = 1000
-    """Number of optimizer steps in the run; the last one (total_steps-1) uses min_ratio."""
-
-    min_ratio: float = 0.05
-    """Final lr / peak lr, in [0, 1]; the factor stays there after total_steps."""
-
-    decay_fraction: float = 0.25
-    """WSD only: fraction of total_steps (rounded) spent in cosine decay at the end; the peak is
-    held between warmup and the decay."""
-
-    def __post_init__(self):
-        check(self.name in SCHEDULES, "schedule.name", self.name, "unknown schedule",
-              f"use one of {', '.join(SCHEDULES)}")
-        check(isinstance(self.total_steps, int) and self.total_steps >= 1, "schedule.total_steps",
-              self.total_steps, "must be a positive integer")
-        check(isinstance(self.warmup, int) and 0 <= self.warmup < self.total_steps,
-              "schedule.warmup", self.warmup, f"must lie in [0, total_steps={self.total_steps})")
-        check(0.0 <= self.min_ratio <= 1.0, "schedule.min_ratio", self.min_ratio,
-              "must lie in [0, 1]")
-        check(0.0 < self.decay_fraction <= 1.0, "schedule.decay_fraction", self.decay_fraction,
-              "must lie in (0, 1]")
-        if self.name == "wsd":
-            check(self.decay_steps >= 1, "schedule.decay_fraction", self.decay_fraction,
-                  f"gives no decay step for total_steps={self.total_steps}",
-                  "raise decay_fraction or total_steps")
-        if self.name == "wsd" and self.warmup + self.decay_steps > self.total_steps:
-            raise ConfigError("schedule.decay_fraction", self.decay_fraction,
-                              f"warmup ({self.warmup}) + decay ({self.decay_steps} steps) exceeds "
-                              f"total_steps={self.total_steps}",
-                              "shorten warmup or lower decay_fraction")
-
-    @property
-    def decay_steps(self) -> int:
-        """WSD: number of decaying steps at the end of the run."""
-        return round(self.decay_fraction * self.total_steps)
-
-    def factor(self, step: int) -> float:
-        """lr / peak lr at optimizer step `step` (0-based)."""
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        if self.name == "constant":
-            return 1.0
-        # `start` is the last step at the peak; the decay reaches min_ratio at the last step.
-        last = self.total_steps - 1
-        start = max(self.warmup - 1, 0)
-        if self.name == "wsd":
-            start = max(start, self.total_steps - self.decay_steps - 1)
-        if step <= start:
-            return 1.0
-        progress = min(1.0, (step - start) / max(1, last - start))
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig
                     ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR multiplying each group's lr by `cfg.factor(step)`; call `.step()` after each step."""

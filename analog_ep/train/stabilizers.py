@@ -9,8 +9,11 @@ stack, as composable pieces:
 * resreg - the T1-residual penalty ||eps F(z_T1)||^2 / ||z_T1||^2, scaled to a fraction of the task
   gradient's norm and ramped in by the residual (it defends the state evaluation actually uses);
 * eigreg - a one-sided penalty on the numerical abscissa of J_nc above a margin;
-* a validity gate (skip the task gradient above a residual), an abort fuse (stop after N
-  consecutive steps above a residual), spectral-norm projection and weight-norm caps.
+* a validity gate (skip the task gradient above a residual), spectral-norm projection and
+  weight-norm caps;
+* divergence detection (`DivergenceMonitor`): a non-finite loss, gradient or state; a loss above
+  a multiple of the initial one for a patience window; the residual above the abort fuse for its
+  patience. A run stops a diverged twin and says why (`analog_ep.run`).
 
 The penalties' Jacobian products come from `analog_ep.linear` and read the weights the caller
 names (`reads`): the model's parameters, or a chip's effective conductances (the co-processor of
@@ -19,71 +22,12 @@ an analog twin); their gradients are returned under the parameters' names.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-from analog_ep.errors import AnalogEPError, check
 from analog_ep.linear import abscissa, linearize, weight_leaves
 from analog_ep.model.base import EquilibriumModel
-
-
-@dataclass
-class StabilizerConfig:
-    """Stabilisers applied around each training step (all off at their defaults unless noted)."""
-
-    jacreg: float = 0.0
-    """Initial weight of the Jacobian penalty ||J_nc||_F^2 (0: off)."""
-    jacreg_floor: float | None = None
-    """Controller floor for the jacreg weight (None: the initial jacreg). Keep it > 0: runs whose
-    weight fell to 0 blew up."""
-    jacreg_max: float = 16.0
-    """Controller ceiling for the jacreg weight."""
-    residual_target: float = 5e-3
-    """Residual the controller steers toward."""
-    residual_ema: float = 0.0
-    """EMA factor on the residual fed to the controller (0: raw; 0.9 stops controller thrash)."""
-    controller_exponent: float = 0.3
-    """weight <- weight * (res / target) ** exponent each step."""
-    resreg: float = 0.0
-    """T1-residual penalty as a fraction of the task-gradient norm (0: off)."""
-    resreg_onset: float = 7e-4
-    """Residual below which resreg is inactive."""
-    resreg_full: float = 2e-2
-    """Residual at which resreg reaches its full fraction (linear ramp from 0 above the onset)."""
-    eigreg: float = 0.0
-    """Weight of relu(omega(J_nc) - margin)^2, omega the numerical abscissa (0: off)."""
-    eig_margin: float = 1.0
-    """Abscissa above which eigreg acts (the free-phase Hopf boundary is near 1 + damping)."""
-    gate: float = 0.0
-    """Validity gate: above this residual skip the task gradient and apply only jacreg (0: off)."""
-    abort_residual: float = 0.1
-    """Abort fuse: residual that counts as lost containment (0: off)."""
-    abort_patience: int = 100
-    """Abort after this many consecutive steps above `abort_residual`."""
-    spectral_bound: float = 0.0
-    """Project attention/FFN weights so their largest singular value <= this after each step (0: off)."""
-    weight_cap: float = 3.0
-    """Cap each weight matrix's Frobenius norm at this multiple of its initial norm (0: off); applied
-    after the spectral projection when both are set."""
-    damping_feedback: bool = False
-    """Without jacreg: raise the damping c x1.3 when res > 1e-3, lower it x0.97 when res < 2e-4."""
-    damping_max: float = 8.0
-    """Ceiling of the damping feedback."""
-
-    def __post_init__(self):
-        for key in ("jacreg", "jacreg_max", "resreg", "eigreg", "gate", "abort_residual", "spectral_bound",
-                    "weight_cap", "residual_ema"):
-            check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0")
-        check(self.residual_target > 0, "residual_target", self.residual_target, "must be > 0")
-        check(0 <= self.residual_ema < 1, "residual_ema", self.residual_ema, "must be in [0, 1)")
-        check(self.abort_patience >= 1, "abort_patience", self.abort_patience, "must be >= 1")
-        check(self.resreg_full > self.resreg_onset, "resreg_full", self.resreg_full,
-              f"must exceed resreg_onset={self.resreg_onset}")
-
-
-class AbortTraining(AnalogEPError):
-    """The abort fuse tripped: the relaxation lost containment and did not recover."""
+from analog_ep.schema.train import StabilizerConfig  # noqa: F401  (re-exported)
 
 
 def _force_names(model: EquilibriumModel) -> list[str]:
@@ -169,19 +113,54 @@ class JacobianController:
         self.weight, self.residual_smoothed = state["weight"], state["residual_smoothed"]
 
 
-class AbortFuse:
-    """Counts consecutive steps above the abort residual and trips after `patience` of them."""
+class DivergenceMonitor:
+    """Watches one twin's steps and says when, and why, it has diverged.
+
+    `start(initial_loss)` sets the reference (the twin's validation loss before training); then
+    `update(loss, residual, grad_norm, step)` after every step returns None, or a one-line reason
+    once the twin has diverged:
+
+    * a non-finite training loss, gradient norm or free state (its residual): at once;
+    * a training loss above `diverge_loss_factor` x the initial loss for `diverge_patience`
+      consecutive steps;
+    * a residual above `abort_residual` (the abort fuse) for `abort_patience` consecutive steps.
+    """
 
     def __init__(self, config: StabilizerConfig):
-        self.threshold, self.patience, self.count = config.abort_residual, config.abort_patience, 0
+        self.config = config
+        self.initial_loss: float | None = None
+        self.loss_steps = 0  # consecutive steps above the loss threshold
+        self.residual_steps = 0  # consecutive steps above the abort residual
 
-    def update(self, residual: float, step: int) -> None:
-        if self.threshold <= 0:
-            return
-        self.count = self.count + 1 if residual > self.threshold else 0
-        if self.count >= self.patience:
-            raise AbortTraining(f"step {step}: residual above {self.threshold:g} for {self.count} consecutive "
-                                "steps: the relaxation lost containment (raise jacreg or lower the learning rate)")
+    def start(self, initial_loss: float) -> None:
+        self.initial_loss = float(initial_loss)
+
+    def update(self, loss: float, residual: float, grad_norm: float, step: int) -> str | None:
+        cfg = self.config
+        for what, value in (("training loss", loss), ("gradient norm", grad_norm), ("free-state residual", residual)):
+            if not math.isfinite(value):
+                return f"step {step}: non-finite {what} ({value})"
+        if self.initial_loss is None:  # no validation before training: the first loss is the reference
+            self.initial_loss = loss
+        limit = cfg.diverge_loss_factor * self.initial_loss
+        self.loss_steps = self.loss_steps + 1 if cfg.diverge_loss_factor > 0 and loss > limit else 0
+        if self.loss_steps >= cfg.diverge_patience:
+            return (f"step {step}: loss {loss:.3g} > {cfg.diverge_loss_factor:g} x initial {self.initial_loss:.3g} "
+                    f"for {self.loss_steps} steps")
+        over = cfg.abort_residual > 0 and residual > cfg.abort_residual
+        self.residual_steps = self.residual_steps + 1 if over else 0
+        if self.residual_steps >= cfg.abort_patience:
+            return (f"step {step}: residual {residual:.3g} > abort_residual {cfg.abort_residual:g} "
+                    f"for {self.residual_steps} steps (the relaxation lost containment)")
+        return None
+
+    def state_dict(self) -> dict:
+        return {"initial_loss": self.initial_loss, "loss_steps": self.loss_steps,
+                "residual_steps": self.residual_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.initial_loss, self.loss_steps, self.residual_steps = (
+            state["initial_loss"], state["loss_steps"], state["residual_steps"])
 
 
 def resreg_fraction(config: StabilizerConfig, residual: float) -> float:

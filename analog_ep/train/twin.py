@@ -12,6 +12,7 @@ skipped or not - advances the learning-rate schedule, so all twins stay on the s
 """
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -22,53 +23,13 @@ from analog_ep.estimator.ep import EPConfig, vector_field_gradient
 from analog_ep.estimator.exact import adjoint_gradient, bptt_gradient
 from analog_ep.model.base import EquilibriumModel
 from analog_ep.relax.solvers import RelaxConfig
+from analog_ep.schema.train import GRADIENTS, TWINS, TrainConfig  # noqa: F401  (re-exported)
 from analog_ep.train.backend import DigitalBackend
 from analog_ep.train.optim import (OptimizerConfig, ParameterEMA, ScheduleConfig, build_optimizer,
                                    build_scheduler, clip_gradients)
-from analog_ep.train.stabilizers import (AbortFuse, JacobianController, StabilizerConfig, WeightConstraints,
-                                         abscissa_penalty, add_scaled, grad_norm, jacobian_penalty,
-                                         residual_penalty, resreg_fraction)
+from analog_ep.train.stabilizers import (JacobianController, StabilizerConfig, WeightConstraints, abscissa_penalty,
+                                         add_scaled, grad_norm, jacobian_penalty, residual_penalty, resreg_fraction)
 
-GRADIENTS = ("ep", "bptt", "adjoint")
-TWINS = ("analog", "digital", "bptt")
-
-
-@dataclass
-class TrainConfig:
-    """The training loop."""
-
-    steps: int = 300
-    """Optimizer steps."""
-    batch_size: int = 32
-    """Sequences (or samples) per step."""
-    gradient: str = "ep"
-    """Gradient of the digital twin: 'ep', 'bptt' or 'adjoint'."""
-    twins: tuple[str, ...] = ("analog", "digital")
-    """Twins trained side by side from the same initial weights on the same batches: 'analog'
-    (the chip), 'digital' (ideal weights, exact relaxation, EP), 'bptt' (digital, BPTT)."""
-    update_cos: bool = False
-    """Also record, each step, the cosine between the analog twin's update and the digital EP
-    gradient at the analog weights (one extra digital EP evaluation per step)."""
-    eval_every: int = 50
-    """Steps between validation evaluations (the last step is always evaluated)."""
-    eval_batches: int = 4
-    """Fixed validation batches per evaluation (the same for every twin and every evaluation)."""
-    ema: float = 0.0
-    """Parameter-EMA decay used for evaluation (0: off)."""
-    seed: int = 0
-    """Seed of the batch sampler and the stabilisers' random probes."""
-
-    def __post_init__(self):
-        check(self.gradient in GRADIENTS, "gradient", self.gradient, "unknown gradient",
-              f"use one of {', '.join(GRADIENTS)}")
-        for key in ("steps", "batch_size", "eval_every", "eval_batches"):
-            check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
-        check(0 <= self.ema < 1, "ema", self.ema, "must be in [0, 1)")
-        self.twins = tuple(self.twins)
-        for name in self.twins:
-            check(name in TWINS, "twins", list(self.twins), f"unknown twin {name!r}", f"use some of {', '.join(TWINS)}")
-        check(len(set(self.twins)) == len(self.twins) and self.twins, "twins", list(self.twins),
-              "must name each twin at most once, and at least one")
 
 
 @dataclass
@@ -87,10 +48,12 @@ class StepRecord:
     """Jacobian-penalty (jacreg) weight used."""
     skipped: bool
     """True when the validity gate skipped the task gradient."""
-    settle_time: float = 0.0
-    """Physical settle time of all phases (s; analog twin on a circuit)."""
-    energy: float = 0.0
-    """Estimated energy of the step (J; analog twin on a circuit)."""
+    settle_time: float | None = None
+    """Physical settle time of all phases (s). None when the relaxation ran no circuit (the digital
+    twin, or an analog twin built without `circuit=`): the digital loop has no physical time."""
+    energy: float | None = None
+    """Estimated energy of the step (J). None without a circuit, like `settle_time`: the energy
+    model needs the circuit's settle times and constants."""
     verdict: str = ""
     """Settle monitor's verdict on the free phase ('settled', 'slow', 'oscillating', ...)."""
     pulses: int = 0
@@ -137,7 +100,6 @@ class DigitalTwin:
         self.optimizer = build_optimizer(self.params, optim_config)
         self.scheduler = build_scheduler(self.optimizer, schedule_config)
         self.controller = JacobianController(stabilizer_config)
-        self.fuse = AbortFuse(stabilizer_config)
         self.constraints = WeightConstraints(model, stabilizer_config)
         self.ema = ParameterEMA(self.params, ema) if ema > 0 else None
         self.generator = torch.Generator().manual_seed(seed)
@@ -178,8 +140,9 @@ class DigitalTwin:
 
     def stabilize(self, grads: dict[str, torch.Tensor], x_in: torch.Tensor, z: torch.Tensor,
                   z_budget: torch.Tensor, residual: float, skipped: bool, step: int) -> float:
-        """Add the stabilisers' gradients to `grads` (in place), update the controllers and the
-        abort fuse; returns the jacreg weight used. `z` is the settled state, `z_budget` the state
+        """Add the stabilisers' gradients to `grads` (in place) and update the controllers; returns
+        the jacreg weight used (divergence, the abort fuse included, is watched by the caller:
+        `analog_ep.train.stabilizers.DivergenceMonitor`). `z` is the settled state, `z_budget` the state
         after the T1 budget (what evaluation sees), `residual` its residual. Their products read
         the backend's `reads`."""
         model, stab, reads = self.model, self.stab, self.backend.reads
@@ -196,7 +159,6 @@ class DigitalTwin:
         if jacreg_weight > 0:
             add_scaled(grads, jacobian_penalty(model, x_in, z, jacreg_weight, self.generator, reads))
         self._feedback(residual)
-        self.fuse.update(residual, step)
         return jacreg_weight
 
     def _feedback(self, residual: float) -> None:
@@ -227,7 +189,7 @@ class DigitalTwin:
     def _advance_schedule(self) -> None:
         """One schedule step per training step, whether or not an update was written."""
         with warnings.catch_warnings():  # sign pulses and skipped steps bypass optimizer.step(), which torch checks
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
             self.scheduler.step()
 
     # ---- evaluation --------------------------------------------------------------------------
@@ -249,11 +211,15 @@ class DigitalTwin:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Everything the next step depends on (a resumed twin continues bit for bit)."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "controller": self.controller.state_dict(),
-                "constraints": self.constraints.state_dict(), "fuse": self.fuse.count,
+                "constraints": self.constraints.state_dict(),
                 "ema": None if self.ema is None else self.ema.state_dict(),
-                "generator": self.generator.get_state(), **self.writer.state_dict()}
+                "generator": self.generator.get_state(),
+                "damping": getattr(getattr(self.model, "config", None), "damping", None),  # damping feedback
+                "eig_start": self._eig_cache.get("v0"),  # eigreg's warm Lanczos start
+                **self.writer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -261,7 +227,10 @@ class DigitalTwin:
         self.scheduler.load_state_dict(state["scheduler"])
         self.controller.load_state_dict(state["controller"])
         self.constraints.load_state_dict(state["constraints"])
-        self.fuse.count = state["fuse"]
+        if state["damping"] is not None:
+            self.model.config.damping = state["damping"]
+        if state["eig_start"] is not None:
+            self._eig_cache["v0"] = state["eig_start"]
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.generator.set_state(state["generator"])

@@ -1,0 +1,287 @@
+"""Schema of the chip: its devices, periphery, tiling and writes (`analog_ep.hardware` builds it).
+
+The device table names every aihwkit model usable by name without importing aihwkit, so that
+listing and loading configurations stays fast; `DeviceConfig` imports aihwkit only when it checks
+parameter overrides or builds a device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from dataclasses import dataclass, field
+
+from analog_ep.errors import check
+
+WRITES = ("sign_pulse", "quantized", "ideal")
+PROGRAMS = ("ideal", "verify")
+CYCLE_NOISE = ("seeded", "aihwkit")
+NOISE_MANAGEMENT = ("abs_max", "none")
+
+#: aihwkit presets usable by name: device models fitted to published measurements.
+#: name -> (class in `aihwkit.simulator.presets.devices`, what it models).
+PRESET_DEVICES = {
+    "ReRamES": ("ReRamESPresetDevice", "HfO2 ReRAM, exponential-step fit to Gong et al., Nat. Commun. 2018"),
+    "ReRamSB": ("ReRamSBPresetDevice", "HfO2 ReRAM, soft-bounds fit to Gong et al., Nat. Commun. 2018"),
+    "PCM": ("PCMPresetDevice", "Ge2Sb2Te5 phase-change memory, Nandakumar et al., Front. Neurosci. 2020 "
+            "(one-sided: differential pairs)"),
+    "EcRam": ("EcRamPresetDevice", "Li-ion ECRAM, linear-step fit to Tang et al., IEDM 2018"),
+    "EcRamMO": ("EcRamMOPresetDevice", "metal-oxide ECRAM, linear-step fit to Kim et al., IEDM 2019"),
+    "Capacitor": ("CapacitorPresetDevice", "capacitor cell with leakage, linear-step fit to Li et al., VLSI 2018"),
+    "Idealized": ("IdealizedPresetDevice", "constant steps, ~10000 states, no asymmetry spread "
+                  "(Gokmen & Vlasov 2016, Rasch et al. 2019)"),
+    "GokmenVlasov": ("GokmenVlasovPresetDevice", "constant steps with the device specification of Gokmen & "
+                     "Vlasov, Front. Neurosci. 2016"),
+    "ReRamArrayOM": ("ReRamArrayOMPresetDevice", "ReRAM array, optimized material, soft bounds with a "
+                     "reference device, Gong & Rasch et al., IEDM 2022"),
+    "ReRamArrayHfO2": ("ReRamArrayHfO2PresetDevice", "ReRAM array, baseline HfO2, soft bounds with a "
+                       "reference device, Gong & Rasch et al., IEDM 2022"),
+}
+#: aihwkit base device models, configured through `overrides`.
+#: name -> (class in `aihwkit.simulator.configs`, its update rule).
+BASE_DEVICES = {
+    "ConstantStep": ("ConstantStepDevice", "the same step everywhere up to hard bounds"),
+    "LinearStep": ("LinearStepDevice", "a step that changes linearly with the weight (gamma_up, gamma_down)"),
+    "SoftBounds": ("SoftBoundsDevice", "a step that falls linearly to zero at the bounds"),
+    "ExpStep": ("ExpStepDevice", "a step that is an exponential function of the weight"),
+    "PowStep": ("PowStepDevice", "a step that is a power of the distance to the bound"),
+    "PiecewiseStep": ("PiecewiseStepDevice", "a step interpolated on given nodes over the range"),
+}
+DEVICE_NAMES = (*PRESET_DEVICES, *BASE_DEVICES)
+
+
+def aihwkit_device_class(name: str) -> type:
+    """The aihwkit class behind a device name (imports aihwkit)."""
+    if name in PRESET_DEVICES:
+        return getattr(importlib.import_module("aihwkit.simulator.presets.devices"), PRESET_DEVICES[name][0])
+    return getattr(importlib.import_module("aihwkit.simulator.configs"), BASE_DEVICES[name][0])
+
+
+def did_you_mean(key: str, options) -> str:
+    """A fix for a misspelt name: the closest option, or the list of them."""
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f"did you mean '{close[0]}'?" if close else f"one of: {', '.join(options)}"
+
+
+def _typed(key: str, value, default):
+    """An override value checked against the type of aihwkit's default for that parameter."""
+    if isinstance(default, bool):
+        check(isinstance(value, bool), f"overrides.{key}", value, "expected true or false")
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1.0e6 without an exponent sign as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        check(isinstance(value, (int, float)) and not isinstance(value, bool), f"overrides.{key}", value,
+              "expected a number")
+        return type(default)(value) if isinstance(default, float) or float(value).is_integer() else value
+    return value
+
+
+@dataclass
+class DeviceConfig:
+    """Which device every crossbar cell is, and how it varies."""
+
+    model: str = "ConstantStep"
+    """An aihwkit preset (ReRamES, ReRamSB, PCM, EcRam, EcRamMO, Capacitor, Idealized, GokmenVlasov,
+    ReRamArrayOM, ReRamArrayHfO2) or base class (ConstantStep, LinearStep, SoftBounds, ExpStep,
+    PowStep, PiecewiseStep); `analog-ep list devices` lists them with the shipped device files."""
+    overrides: dict = field(default_factory=dict)
+    """aihwkit device parameters to change, e.g. {dw_min: 0.002, dw_min_dtod: 0.1, dw_min_std: 0.3,
+    up_down: 0.05, w_max: 1.0, w_min: -1.0}. dw_min: mean step per pulse (tile weight units);
+    *_dtod: device-to-device spread (relative); dw_min_std: cycle-to-cycle spread (relative)."""
+    differential: bool = False
+    """Store each weight on a pair of one-sided devices (aihwkit OneSidedUnitCell): G+ - G-,
+    needed for devices that only move one way (e.g. PCM SET pulses)."""
+
+    def __post_init__(self):
+        check(self.model in DEVICE_NAMES, "model", self.model, "unknown device",
+              did_you_mean(self.model, DEVICE_NAMES))
+        check(isinstance(self.overrides, dict), "overrides", self.overrides, "must be a mapping of parameters")
+        if not self.overrides:
+            return
+        cls = aihwkit_device_class(self.model)  # checking parameters needs aihwkit's own defaults
+        known = {f.name for f in dataclasses.fields(cls)}
+        defaults = cls()
+        for key, value in list(self.overrides.items()):
+            check(key in known, f"overrides.{key}", value, f"not a parameter of {self.model}",
+                  did_you_mean(key, sorted(known)))
+            self.overrides[key] = _typed(key, value, getattr(defaults, key))
+            if key.endswith(("_std", "_dtod")):  # spreads: aihwkit would silently use |value|
+                check(self.overrides[key] >= 0, f"overrides.{key}", value, "must be >= 0 (a standard deviation)",
+                      "use 0 for no variation")
+
+    def device(self, construction_seed: int):
+        """The aihwkit device with overrides and a construction seed (device-to-device draw)."""
+        dev = aihwkit_device_class(self.model)()
+        for key, value in self.overrides.items():
+            setattr(dev, key, value)
+        dev.construction_seed = construction_seed
+        return dev
+
+    @property
+    def dw_min(self) -> float:
+        """Nominal step of one pulse, in tile weight units."""
+        return float(self.device(0).dw_min)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """Nominal (w_min, w_max) of a device, in tile weight units."""
+        dev = self.device(0)
+        return float(dev.w_min), float(dev.w_max)
+
+    def rpu_config(self, construction_seed: int, seeded_noise: bool = False):
+        """aihwkit config for one tile: one pulse per device per update round (see
+        `analog_ep.hardware.device`).
+
+        `seeded_noise`: build the devices without cycle-to-cycle and write noise, which
+        `analog_ep.hardware.cycle.CycleNoise` then realises from a seeded generator.
+        """
+        from aihwkit.simulator.configs import OneSidedUnitCell, SingleRPUConfig, UnitCellRPUConfig
+        from aihwkit.simulator.parameters.enums import PulseType
+
+        dev = self.device(construction_seed)
+        if seeded_noise:
+            dev.dw_min_std = 0.0
+            if hasattr(dev, "write_noise_std"):
+                dev.write_noise_std = 0.0
+        if self.differential:
+            # aihwkit seeds a tile's construction from the top-level device only: a pair needs
+            # the seed on the unit cell, else its device-to-device draw changes with every build
+            cfg = UnitCellRPUConfig(device=OneSidedUnitCell(unit_cell_devices=[dev],
+                                                            construction_seed=construction_seed))
+        else:
+            cfg = SingleRPUConfig(device=dev)
+        cfg.update.pulse_type = PulseType.DETERMINISTIC_IMPLICIT
+        cfg.update.desired_bl = 1
+        cfg.update.update_bl_management = False
+        cfg.update.update_management = False
+        cfg.forward.is_perfect = True  # reads go through our periphery model, not aihwkit's forward
+        return cfg
+
+
+@dataclass
+class PeripheryConfig:
+    """Converters, read noise and static fabrication effects of every crossbar tile."""
+
+    dac_bits: int = 0
+    """Input DAC resolution in bits (0: ideal input, neither quantised nor clipped; else >= 2).
+    Step 2*dac_bound/(2**dac_bits - 2), aihwkit inp_res = 1/(2**dac_bits - 2)."""
+    dac_bound: float = 1.0
+    """DAC range: inputs are clipped to +-dac_bound after noise management (normalised units)."""
+    adc_bits: int = 0
+    """Output ADC resolution in bits (0: ideal output, neither quantised nor clipped; else >= 2).
+    Step 2*adc_bound/(2**adc_bits - 2), aihwkit out_res = 1/(2**adc_bits - 2)."""
+    adc_bound: float = 12.0
+    """ADC range: tile outputs are clipped to +-adc_bound (normalised units: tile weight units times
+    noise-managed inputs), aihwkit out_bound."""
+    read_noise: float = 0.0
+    """Std of additive Gaussian noise on each tile output, before the ADC (normalised units),
+    fresh every read: aihwkit out_noise."""
+    optical_noise: float = 0.0
+    """Multiplicative output noise sigma: every MVM output y -> y * (1 + sigma * N(0, 1)), fresh
+    every call, applied to the final model-unit output."""
+    weight_bits: int = 0
+    """Programmable conductance levels (0: analog continuum; else >= 2): the converters'
+    convention, 2**weight_bits - 1 symmetric levels k x step including 0, |k| <= 2**(weight_bits-1) - 1,
+    step = max(-w_min, w_max) / (2**(weight_bits-1) - 1), so +-the larger bound is a level; a
+    level beyond a device's own bound reads as that bound."""
+    mismatch: float = 0.0
+    """Static fabrication mismatch sigma: each device reads with gain 1 + sigma * N(0, 1), drawn
+    once per chip (dimensionless)."""
+    mismatch_clamp: tuple[float, float] = (0.2, 5.0)
+    """(low, high) bounds of a mismatch gain; keeps gains positive (a device cannot flip sign)."""
+    noise_management: str = "abs_max"
+    """'abs_max': each input vector is divided by its max |x| over the tile's rows before the DAC
+    and the output multiplied back (aihwkit NoiseManagementType.ABS_MAX); 'none': no scaling."""
+    noise_bank: int = 1 << 22
+    """Samples in the pre-drawn Gaussian bank that read and optical noise are taken from (a window
+    at a random offset per read; 16 MiB at the default). 0: fresh draws on every read, exact but
+    about 2x slower for a noisy relaxation. Reads larger than half the bank always draw fresh."""
+
+    def __post_init__(self):
+        check(_is_int(self.noise_bank) and self.noise_bank >= 0, "noise_bank", self.noise_bank,
+              "must be an integer >= 0", "0 draws fresh noise on every read")
+        for key in ("dac_bits", "adc_bits"):
+            bits = getattr(self, key)
+            check(_is_int(bits) and (bits == 0 or 2 <= bits <= 32), key, bits,
+                  "must be 0 (ideal) or an integer in [2, 32]",
+                  "use 0 for an ideal converter, or 2 to 32 bits; 1 bit has no step: 2*bound/(2**1-2)")
+        check(_is_int(self.weight_bits) and (self.weight_bits == 0 or 2 <= self.weight_bits <= 32), "weight_bits",
+              self.weight_bits, "must be 0 (analog) or an integer in [2, 32]",
+              "use 0 for a continuum of levels, or 2 to 32 bits; 1 bit gives a single level, 0, in the symmetric convention")
+        for key in ("dac_bound", "adc_bound"):
+            bound = getattr(self, key)
+            check(bound > 0 and bound != float("inf"), key, bound, "must be finite and > 0",
+                  "set the bits to 0 for an ideal, unclipped converter")
+        for key in ("read_noise", "optical_noise", "mismatch"):
+            check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0 (a standard deviation)")
+        lo_hi = tuple(self.mismatch_clamp)
+        check(len(lo_hi) == 2 and 0 <= lo_hi[0] <= 1 <= lo_hi[1] and lo_hi[0] < lo_hi[1], "mismatch_clamp",
+              self.mismatch_clamp, "must be (low, high) with 0 <= low <= 1 <= high, low < high")
+        self.mismatch_clamp = (float(lo_hi[0]), float(lo_hi[1]))
+        check(self.noise_management in NOISE_MANAGEMENT, "noise_management", self.noise_management,
+              "unknown noise management", f"use one of {', '.join(NOISE_MANAGEMENT)}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass
+class ChipConfig:
+    """Devices, periphery, tiling and write scheme of one chip."""
+
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    """The crossbar cell (aihwkit device model and its variation)."""
+    periphery: PeripheryConfig = field(default_factory=PeripheryConfig)
+    """Converters, noise, quantisation and mismatch of every read."""
+    tile_rows: int = 512
+    """Crossbar rows (inputs) per tile."""
+    tile_cols: int = 512
+    """Crossbar columns (outputs) per tile."""
+    range_factor: float = 2.0
+    """The devices' symmetric conductance range covers +-range_factor x max|W0| of each matrix:
+    headroom for learning, traded against resolution (one pulse = dw_min x that scale)."""
+    readout_on_tiles: bool = False
+    """Also put the readout W_head on a crossbar."""
+    embeddings_on_tiles: bool = False
+    """Also put the token and position embeddings on crossbars (read as one-hot rows)."""
+    program: str = "ideal"
+    """Initial programming: 'ideal' (set exactly) or 'verify' (pulse, then read through the
+    periphery, until every device reads within tolerance)."""
+    program_tolerance: float = 0.5
+    """Program-and-verify stops pulsing a device once its read is within this many nominal pulse
+    steps of its target."""
+    program_rounds: int = 200
+    """Program-and-verify round cap."""
+    write: str = "sign_pulse"
+    """'sign_pulse' (one pulse per device per round, Lion), 'quantized' (the optimizer's update in
+    whole pulses, stochastically rounded with the chip's own seeded generator) or 'ideal' (weights
+    set exactly: the comparison baseline). Weight decay is written as pulses in every mode."""
+    max_pulses: int = 8
+    """Cap on pulses per device per step for 'quantized' writes and trust-ratio gains."""
+    seed: int = 0
+    """Chip seed: device-to-device variation and mismatch are drawn once from it."""
+    cycle_noise: str = "seeded"
+    """Where the devices' cycle-to-cycle noise (dw_min_std) and write noise (write_noise_std) are
+    drawn: 'seeded' (from a generator seeded by `seed`, with aihwkit's statistics: a run re-runs
+    and resumes bit for bit; see analog_ep.hardware.cycle) or 'aihwkit' (aihwkit's own C++
+    generator, seeded from the clock: every run differs)."""
+
+    def __post_init__(self):
+        if isinstance(self.device, dict):
+            self.device = DeviceConfig(**self.device)
+        if isinstance(self.periphery, dict):
+            self.periphery = PeripheryConfig(**self.periphery)
+        check(self.write in WRITES, "write", self.write, "unknown write scheme", f"use one of {', '.join(WRITES)}")
+        check(self.program in PROGRAMS, "program", self.program, "unknown programming",
+              f"use one of {', '.join(PROGRAMS)}")
+        for key in ("tile_rows", "tile_cols"):
+            check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1", "e.g. 512 (a 512x512 array)")
+        check(self.range_factor > 0, "range_factor", self.range_factor, "must be > 0")
+        check(self.max_pulses >= 1, "max_pulses", self.max_pulses, "must be >= 1")
+        check(self.cycle_noise in CYCLE_NOISE, "cycle_noise", self.cycle_noise, "unknown noise source",
+              f"use one of {', '.join(CYCLE_NOISE)}")

@@ -25,7 +25,7 @@ from analog_ep.run.status import RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "model.width=16", "--set", "data.context=8", "--set", "train.batch_size=4",
-        "--set", "train.eval_batches=1", "--set", "relax.steps=10", "--set", "ep.steps=5", "--quiet"]
+        "--set", "train.eval_batches=1", "--set", "relax.steps=10", "--quiet"]
 
 
 @dataclass

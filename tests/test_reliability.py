@@ -41,7 +41,7 @@ CHIPS = sorted(library("chip"))
 CHIPS_KILLED = ["ideal", "rram_512", "pcm_256"]  # the MLP chip (lane i09) joins with one line
 STEPS = 5
 TINY = ["--set", "model.width=16", "--set", "data.context=8", "--set", "train.batch_size=4",
-        "--set", "train.eval_batches=1", "--set", "relax.steps=10", "--set", "ep.steps=5",
+        "--set", "train.eval_batches=1", "--set", "relax.steps=10",
         "--set", "train.eval_every=2", "--set", "train.checkpoint_every=1", "--quiet"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the in-process tests run on one thread
 
@@ -196,7 +196,7 @@ def test_evaluating_more_often_leaves_training_bit_identical(tmp_path):
 
 
 UNSTABLE = ["--set", "model.width=16", "--set", "data.context=8", "--set", "train.batch_size=4",
-            "--set", "train.eval_batches=1", "--set", "relax.steps=10", "--set", "ep.steps=5",
+            "--set", "train.eval_batches=1", "--set", "relax.steps=10",
             "--set", "train.eval_every=5", "--quiet"]
 
 

@@ -1,11 +1,11 @@
 """`analog-ep list`: the shipped library and, for devices, every aihwkit model usable by name.
 
-Reads the YAML files' first comment lines and the schema's device table only: no torch, no
+Reads the YAML files' header comments and the schema's device table only: no torch, no
 aihwkit, so it answers at Python start-up speed.
 """
 from __future__ import annotations
 
-from analog_ep.config import library
+from analog_ep.config import describe, library
 from analog_ep.schema.hardware import BASE_DEVICES, PRESET_DEVICES
 
 #: What a listed device name is: a shipped file (`uses: {device: NAME}`) or an aihwkit model
@@ -17,9 +17,7 @@ def listing(kind: str) -> list[tuple[str, str, str]]:
     """(name, what it is, one-line description) for 'devices', 'circuits' or 'chips'."""
     rows = []
     for name, path in library(kind.rstrip("s")).items():
-        first = next((line.lstrip("# ").strip() for line in path.read_text(encoding="utf-8").splitlines()
-                      if line.startswith("#")), "")
-        rows.append((name, FILE, first))
+        rows.append((name, FILE, describe(path)))  # the header's first sentence, whole
     if kind == "devices":
         rows += [(name, PRESET, about) for name, (_, about) in PRESET_DEVICES.items()]
         rows += [(name, BASE, about) for name, (_, about) in BASE_DEVICES.items()]

@@ -90,15 +90,15 @@ def test_run_writes_config_h5_curves_and_state(run_dir):
             assert g.attrs["status"] == "completed"
             assert all(math.isfinite(v) for v in g["train/loss"][:]) and len(g["residual"]) == 4
         a = f["twins/analog"]
-        assert len(a["settle_time"]) == len(a["energy"]) == len(a["latency"]) == len(a["update_cos"]) == 4
+        assert len(a["settle_time"]) == len(a["energy"]) == len(a["latency_s"]) == len(a["update_cos"]) == 4
         assert (a["settle_time"][:] > 0).all() and (a["energy"][:] > 0).all()
         # latency = settles + sampling + write rounds: strictly more than the settles
-        assert (a["latency"][:] > a["settle_time"][:]).all()
+        assert (a["latency_s"][:] > a["settle_time"][:]).all()
         # the chip's update descends the digital EP gradient at its weights (measured 0.03-0.14 on this
         # noisy chip: its read noise drowns much of the EP estimate)
         assert (a["update_cos"][:] > 0).all()
         assert "pulses" in f and int(a["pulses"][:].sum()) > 0
-        print(f"\nanalog: settle {a['settle_time'][:]}, energy {a['energy'][:]}, latency {a['latency'][:]}, "
+        print(f"\nanalog: settle {a['settle_time'][:]}, energy {a['energy'][:]}, latency {a['latency_s'][:]}, "
               f"update cos {a['update_cos'][:]}")
     state = torch.load(out / "state.pt", map_location="cpu", weights_only=False)
     assert state["step"] == 4 and set(state["twins"]) == {"analog", "digital", "bptt"}
@@ -239,6 +239,10 @@ def test_an_option_the_circuit_does_not_realise_is_refused_before_anything_is_wr
     ideal = Path(__file__).resolve().parents[1] / "chips" / "ideal.yaml"
     rc = main(["validate", str(ideal), "--set", "ep.select_cap=20", "--set", "train.twins=[digital]"])
     assert rc == 0, capsys.readouterr().err
+    # a key restated at its default is the default (what a `validate --show` dump does for every key)
+    from analog_ep.config import EPConfig
+
+    assert main(["validate", "rram_512", "--set", f"ep.steps={EPConfig().steps}"]) == 0, capsys.readouterr().err
 
 
 # ---- broken inputs: one line on stderr, exit code 2 ------------------------------------------------

@@ -144,13 +144,18 @@ def check_backend(cfg, explicit: frozenset[str] | None = None) -> None:
     co-processor linearises once, at the sampled free state) and holomorphic nudges (real node
     voltages) are not realised at all. Also refuses a circuit dt at which its integrator is
     unstable for the model's leak (`analog_ep.circuit.dynamics.check_step`). `explicit` defaults to
-    `analog_ep.config.explicit_keys(cfg)`.
+    `analog_ep.config.explicit_keys(cfg)`; a key set to its schema default counts as not set (a full
+    `analog-ep validate --show` dump restates every default, and must load as the chip it came from).
     """
     from analog_ep.config import explicit_keys
 
     if "analog" not in cfg.train.twins:
         return
     explicit = explicit_keys(cfg) if explicit is None else explicit
+    # A key restated at its default is the default (a `validate --show` dump restates every key).
+    defaults = EPConfig()
+    explicit = {key for key in explicit if not (key.startswith("ep.") and hasattr(defaults, key[3:])
+                                                and getattr(cfg.ep, key[3:]) == getattr(defaults, key[3:]))}
     circuit, settle, ep = cfg.circuit.dynamics, cfg.circuit.settle, cfg.ep
     check_step(circuit, cfg.model.leak)
     where = "the analog twin's circuit"

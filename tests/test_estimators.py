@@ -258,3 +258,35 @@ def test_cosine_is_clamped_to_its_range():
     assert raw > 1.0  # float32 rounding: what the report printed as 1.000000119 before the clamp
     assert cosine(a, a) == 1.0 and cosine(a, -a) == -1.0
     assert cosine(a, torch.zeros(10)) == 0.0
+
+
+def test_nudge_clip_bounds_the_per_token_error_current_in_every_backend():
+    """`nudge_clip` means one thing: the bound on each element of a token's own loss gradient. The
+    digital estimator nudges the batch-mean loss (gain 1), a circuit each token's loss (gain =
+    tokens): the same clipped current, scaled by the token count, and the clip fires in both (it
+    used to clip the batch-mean gradient at nudge_clip, where it never fires)."""
+    from analog_ep.estimator.ep import NudgePoints, nudged_term
+
+    model = EquilibriumTransformer(TransformerConfig(vocab_size=20, context=16, width=32, heads=2, seed=1,
+                                                     embed_scale=1.0)).double()
+    x, y = batch()
+    x_in, free = free_phase(model, x, steps=60)
+    tokens = y.numel()
+    config = EPConfig(aep="none", nudge_clip=0.1)
+    points = NudgePoints.from_config(config)
+    stacked = free.z.repeat(points.count, 1, 1)
+    with torch.no_grad():
+        f = model.force(stacked, x_in.repeat(points.count, 1, 1))
+        current = {}
+        for backend, gain in (("digital", 1.0), ("circuit", float(tokens))):
+            term = nudged_term(model, x_in, y, free.z, config, points, gain=gain)
+            current[backend] = (f - term(stacked)) / term.beta  # the injected current per unit beta
+        raw = model.loss_grad(stacked, y.repeat(points.count, 1)) * points.count * tokens  # per-token gradients
+    clipped = float((raw.abs() > config.nudge_clip).float().mean())
+    print(f"\nnudge_clip {config.nudge_clip}: {clipped:.1%} of the per-token gradient elements clipped; "
+          f"largest current: circuit {float(current['circuit'].abs().max()):.4f}, digital x tokens "
+          f"{float(current['digital'].abs().max()) * tokens:.4f}")
+    assert clipped > 0.01  # the clip fires at this setting
+    torch.testing.assert_close(current["circuit"], raw.clamp(-config.nudge_clip, config.nudge_clip), rtol=1e-9,
+                               atol=1e-12)
+    torch.testing.assert_close(current["digital"] * tokens, current["circuit"], rtol=1e-9, atol=1e-12)

@@ -4,7 +4,7 @@ Trajectories are integrated here (RK4; Euler-Maruyama with noise) in units of th
 constant TAU, so tau dz/dt = F(z), and reported to the monitor in seconds. Every system relaxes to
 a nonzero operating point z*, as a circuit does (around z* = 0 the relative residual of a single
 mode would stay constant). The residual at each check is the one the circuit settle uses,
-||H tau dz/dt|| / ||z|| = ||H F(z)|| / ||z|| with H = 0.1 (analog_ep.circuit.measure.RESIDUAL_EPS).
+||H tau dz/dt|| / ||z|| = ||H F(z)|| / ||z|| with H = 0.1 (analog_ep.circuit.dynamics.RESIDUAL_EPS).
 The state goes to the monitor as a float32 (2, n/2) tensor, exercising "any shape".
 """
 import math

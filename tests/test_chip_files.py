@@ -124,6 +124,22 @@ def test_a_good_chip_in_a_project_resolves_its_uses(project):
     assert cfg.chip.device.model == "EcRam" and cfg.chip.tile_rows == 64 and cfg.circuit.dynamics.kind == "loop"
 
 
+
+def test_a_projects_own_library_file_comes_before_the_shipped_one(tmp_path):
+    """A project's devices/ecram.yaml next to its chips/ is the `ecram` its chips use, not the shipped
+    one; names the project does not define still come from the shipped library."""
+    for lib in ("devices", "chips"):
+        (tmp_path / lib).mkdir()
+    own = (ROOT / "devices" / "ecram.yaml").read_text(encoding="utf-8").replace("dw_min: 0.002", "dw_min: 0.004")
+    assert own != (ROOT / "devices" / "ecram.yaml").read_text(encoding="utf-8")
+    (tmp_path / "devices" / "ecram.yaml").write_text(own, encoding="utf-8")
+    path = tmp_path / "chips" / "mine.yaml"
+    path.write_text("uses: {device: ecram, circuit: euler}\n", encoding="utf-8")
+    cfg = compose(path)
+    assert cfg.chip.device.model == "EcRam" and cfg.chip.device.overrides["dw_min"] == 0.004  # the project's
+    assert cfg.circuit.dynamics.kind == "loop"  # euler: the shipped circuit
+
+
 BROKEN = {
     "unknown device name": ("uses: {device: reram_sbb, circuit: rc_crossbar}\n",
                             ["broken.yaml", "uses.device", "reram_sbb", "did you mean 'reram_sb'"]),

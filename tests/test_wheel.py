@@ -75,14 +75,25 @@ def test_installed_wheel_lists_its_library_outside_the_repository(installed, tmp
     assert "reram_sb" in devices.stdout and "aihwkit preset" in devices.stdout
 
 
-def test_installed_wheel_runs_the_ideal_chip_by_path(installed, tmp_path):
+@pytest.mark.parametrize("given", ["name", "path"])
+def test_installed_wheel_runs_the_ideal_chip(installed, tmp_path, given):
+    """`analog-ep run ideal --steps 2`, the chip named from the shipped library (into the default
+    out, runs/ideal under the working folder) or given as the installed file's path. The block is
+    shrunk with --set (the full-size float64 job takes minutes: the command, not the model, is
+    under test)."""
     target, _ = installed
-    chip = target / "analog_ep" / "library" / "chips" / "ideal.yaml"
-    out = tmp_path / "run"
+    chip = "ideal" if given == "name" else str(target / "analog_ep" / "library" / "chips" / "ideal.yaml")
+    out = tmp_path / "runs" / "ideal"  # the default out of `run ideal`
+    where = ["--out", str(tmp_path / "run")] if given == "path" else []
     short = ["--set", "train.batch_size=4", "--set", "model.width=16", "--set", "data.context=8",
              "--set", "train.eval_every=2", "--set", "train.eval_batches=1"]
-    done = run(installed, "run", str(chip), "--steps", "2", *short, "--quiet", "--out", str(out), cwd=tmp_path)
+    done = run(installed, "run", chip, "--steps", "2", *short, *where, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 2 and set(summary["val_loss"]) == {"analog", "digital"}
-    assert (out / "run.h5").is_file() and (out / "config.yaml").is_file()
+    assert summary["status"] == "completed" and summary["twins"] == {"analog": "completed", "digital": "completed"}
+    # the ideal chip's analog twin tracks the digital one (chips/ideal.yaml: to ~1e-5)
+    assert abs(summary["val_loss"]["analog"] - summary["val_loss"]["digital"]) < 1e-4
+    written = out if given == "name" else tmp_path / "run"
+    assert (written / "run.h5").is_file() and (written / "config.yaml").is_file()
+    assert (out.exists()) == (given == "name")

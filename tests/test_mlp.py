@@ -115,3 +115,50 @@ def test_time_budget_stops_after_one_step_and_still_evaluates():
     assert history.steps == 1 and history.stopped_early
     assert len(history.epochs) == 1 and 0.0 <= history.final.test_accuracy <= 1.0
     assert torch.get_num_threads() == threads  # the single-thread training setting is undone
+
+
+# ---- the MLP on chip from the CLI (issue 9) ----------------------------------------------------------
+@pytest.mark.parametrize("override,message", [
+    ("model.kind=perceptron", "model.kind='perceptron': unknown model kind (use one of transformer, mlp)"),
+    ("data.kind=images", "data.kind='images': unknown data kind (use one of text, digits)"),
+    ("data.kind=text", "data.kind='text': model.kind mlp trains on digits data (set data.kind: digits, "
+                       "or model.kind: transformer)"),
+])
+def test_bad_model_or_data_kind_is_one_line_exit_2(override, message, capsys):
+    from analog_ep.cli.main import main
+
+    assert main(["validate", "rram_mlp_digits", "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_model_kind_selects_its_config_class():
+    from analog_ep.config import load_config
+
+    cfg = load_config("rram_mlp_digits")
+    assert isinstance(cfg.model, MLPConfig) and isinstance(cfg.data, DigitsDataConfig)
+    assert (cfg.model.inputs, cfg.model.classes) == (64, 10)  # tied to the digits
+    back = load_config("rram_mlp_digits", ["model.kind=transformer", "data.kind=text", "chip.write=sign_pulse",
+                                           "chip.learning=coprocessor"])
+    assert back.model.kind == "transformer" and back.model.width == 64  # the other kind's defaults
+
+
+def test_local_rule_equals_the_vector_field_estimator_at_equilibrium():
+    """The crossbar updates from measured rates (both forms) are EP's gradient: at settled phases they
+    equal the vector-field estimate to 1e-4 (the README's claim)."""
+    from analog_ep.estimator.ep import estimate_adjoint, vector_field_gradient
+    from analog_ep.estimator.local import local_update
+
+    model = EquilibriumMLP(MLPConfig(hidden=(32,), dtype="float64", init_scale=0.5))
+    data = DigitsData.from_config(DigitsDataConfig())
+    x, y = data.x_train[:32].double(), data.y_train[:32]
+    x_in = model.drive(x)
+    with torch.no_grad():
+        free = relax(lambda u: model.force(u, x_in), model.initial_state(x_in), RelaxConfig(eps=0.5, steps=200)).z
+    ep = EPConfig(beta=0.5, centered=True, steps=200, eps=0.5, aep="none")
+    adjoint = estimate_adjoint(model, x_in, y, free, ep)
+    ref = vector_field_gradient(model, x, y, free, adjoint.a)
+    for form in ("rank2", "naive"):
+        got = local_update(model, x_in, free, adjoint, ep, form).grads()
+        for name in ref:
+            assert float((got[name] - ref[name]).norm() / ref[name].norm()) < 1e-4, (form, name)

@@ -183,3 +183,38 @@ def test_ideal_mlp_chip_tracks_the_digital_twin():
     gap = max(abs(a - d) for a, d in zip(losses["analog"], losses["digital"]))
     assert gap < 1e-5, gap  # measured 1.6e-6: the tiles hold float32 conductances
     assert losses["digital"][-1] < losses["digital"][0] - 0.01  # they learn, not stand still
+
+
+def test_sweep_compare_and_export_work_on_mlp_runs(tmp_path):
+    """The MLP chip through the studies: a sweep's table carries validation accuracy, compare reads the
+    runs, export writes the outer-product writes' device-programming schedule."""
+    import contextlib
+    import io
+
+    from analog_ep.cli.main import main
+    from analog_ep.sweep.table import read_sweep_h5
+
+    def cli(*args):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+        return code, out.getvalue(), err.getvalue()
+
+    tiny = ["--set", "train.batch_size=4", "--set", "model.hidden=[8]", "--set", "train.eval_every=2",
+            "--set", "chip.device.overrides.dw_min_std=0", "--set", "circuit.settle.time=1e-8",
+            "--set", "relax.steps=4"]
+    code, _, err = cli("sweep", "rram_mlp_digits", "--grid", "chip.periphery.read_noise=0,0.02", "--steps", "2",
+                       *tiny, "--out", tmp_path / "sweep", "--quiet")
+    assert code == 0, err
+    _, rows = read_sweep_h5(tmp_path / "sweep" / "sweep.h5")
+    assert len(rows) == 2
+    for row in rows:
+        assert 0.0 <= row["final_val_accuracy_analog"] <= 1.0 and 0.0 <= row["final_val_accuracy_digital"] <= 1.0
+    runs = sorted(p.parent for p in (tmp_path / "sweep").rglob("run.h5"))
+    assert len(runs) == 2
+    code, out, err = cli("compare", *runs, "--json")
+    assert code == 0, err
+    assert "accuracy" in out
+    code, _, err = cli("export", runs[0])
+    assert code == 0, err
+    assert (runs[0] / "schedule.h5").is_file()

@@ -196,7 +196,8 @@ def resume_config(out: Path, overrides: list[str] = (), chip: str | None = None)
     if chip is not None:
         given = to_dict(load_config(chip, list(overrides)))
         run = to_dict(cfg)
-        given["model"]["vocab_size"] = run["model"]["vocab_size"]  # filled in from the corpus at the start
+        if "vocab_size" in run["model"] and "vocab_size" in given["model"]:
+            given["model"]["vocab_size"] = run["model"]["vocab_size"]  # filled in from the corpus at the start
         diff = _first_difference(run, given)
         if diff is not None:
             key, theirs, ours = diff

@@ -90,15 +90,15 @@ def test_run_writes_config_h5_curves_and_state(run_dir):
             assert g.attrs["status"] == "completed"
             assert all(math.isfinite(v) for v in g["train/loss"][:]) and len(g["residual"]) == 4
         a = f["twins/analog"]
-        assert len(a["settle_time"]) == len(a["energy"]) == len(a["latency"]) == len(a["update_cos"]) == 4
+        assert len(a["settle_time"]) == len(a["energy"]) == len(a["latency_s"]) == len(a["update_cos"]) == 4
         assert (a["settle_time"][:] > 0).all() and (a["energy"][:] > 0).all()
         # latency = settles + sampling + write rounds: strictly more than the settles
-        assert (a["latency"][:] > a["settle_time"][:]).all()
+        assert (a["latency_s"][:] > a["settle_time"][:]).all()
         # the chip's update descends the digital EP gradient at its weights (measured 0.03-0.14 on this
         # noisy chip: its read noise drowns much of the EP estimate)
         assert (a["update_cos"][:] > 0).all()
         assert "pulses" in f and int(a["pulses"][:].sum()) > 0
-        print(f"\nanalog: settle {a['settle_time'][:]}, energy {a['energy'][:]}, latency {a['latency'][:]}, "
+        print(f"\nanalog: settle {a['settle_time'][:]}, energy {a['energy'][:]}, latency {a['latency_s'][:]}, "
               f"update cos {a['update_cos'][:]}")
     state = torch.load(out / "state.pt", map_location="cpu", weights_only=False)
     assert state["step"] == 4 and set(state["twins"]) == {"analog", "digital", "bptt"}

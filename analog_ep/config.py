@@ -20,20 +20,29 @@ from pathlib import Path
 import yaml
 
 from analog_ep.errors import ConfigError
-from analog_ep.schema import (ChipConfig, CircuitConfig, CircuitFile, DeviceConfig,  # noqa: F401  (re-exported:
-                              EnergyConfig, EPConfig, MonitorConfig, OptimizerConfig,  # every section from here)
+from analog_ep.schema import (DATA_KINDS, MODEL_DATA, MODEL_KINDS,  # noqa: F401  (re-exported:
+                              ChipConfig, CircuitConfig, CircuitFile, DeviceConfig,  # every section from here)
+                              DigitsDataConfig, EnergyConfig, EPConfig, MLPConfig, MonitorConfig, OptimizerConfig,
                               PeripheryConfig, RelaxConfig, ScheduleConfig, SettleConfig, StabilizerConfig,
                               TextDataConfig, TrainConfig, TransformerConfig)
+
+#: Sections whose config class is chosen by their `kind` key: section -> {kind: class}.
+KINDS = {"model": MODEL_KINDS, "data": DATA_KINDS}
+#: Inputs and classes of each classification data kind (the MLP's widths follow them).
+CLASSIFICATION_SHAPES = {"digits": (64, 10)}
 
 
 @dataclass
 class RunConfig:
     """Everything one run needs; the resolved form is saved beside every result."""
 
-    model: TransformerConfig = field(default_factory=TransformerConfig)
-    """The equilibrium transformer block (vocab_size and context follow the data)."""
-    data: TextDataConfig = field(default_factory=TextDataConfig)
-    """Character-level corpus (default: CPython's documentation text)."""
+    model: TransformerConfig | MLPConfig = field(default_factory=TransformerConfig)
+    """The model, chosen by `model.kind`: 'transformer' (the equilibrium transformer block; its
+    vocab_size and context follow the data) or 'mlp' (the equilibrium MLP; its inputs and classes
+    follow the data)."""
+    data: TextDataConfig | DigitsDataConfig = field(default_factory=TextDataConfig)
+    """The data, chosen by `data.kind`: 'text' (a character-level corpus, default CPython's
+    documentation text; trains the transformer) or 'digits' (scikit-learn's digits; trains the MLP)."""
     relax: RelaxConfig = field(default_factory=RelaxConfig)
     """Free-phase relaxation."""
     ep: EPConfig = field(default_factory=EPConfig)
@@ -54,12 +63,24 @@ class RunConfig:
 
     def resolve(self) -> "RunConfig":
         """A new, re-validated config with the fields that must agree tied together: the model's
-        context is the data's, the schedule spans `train.steps`, and a run shorter than its warmup
-        warms up for a fifth of its steps. `self` is left unchanged; explicit keys carry over."""
+        context is the data's (transformer), its inputs and classes the data's (MLP), the schedule
+        spans `train.steps`, and a run shorter than its warmup warms up for a fifth of its steps.
+        A model kind that cannot train on the data kind is a ConfigError. `self` is left
+        unchanged; explicit keys carry over."""
+        model_kind, data_kind = self.model.kind, self.data.kind
+        if data_kind not in MODEL_DATA[model_kind]:
+            other = next(k for k, kinds in MODEL_DATA.items() if data_kind in kinds)
+            raise ConfigError("data.kind", data_kind, f"model.kind {model_kind} trains on "
+                              f"{' or '.join(MODEL_DATA[model_kind])} data",
+                              f"set data.kind: {MODEL_DATA[model_kind][0]}, or model.kind: {other}")
         steps = self.train.steps
         warmup = self.schedule.warmup if self.schedule.warmup < steps else steps // 5
         out = copy.deepcopy(self)  # no section is shared with `self`
-        out.model = dataclasses.replace(out.model, context=self.data.context)
+        if model_kind == "transformer":
+            out.model = dataclasses.replace(out.model, context=self.data.context)
+        else:
+            inputs, classes = CLASSIFICATION_SHAPES[data_kind]
+            out.model = dataclasses.replace(out.model, inputs=inputs, classes=classes)
         out.schedule = dataclasses.replace(out.schedule, total_steps=steps, warmup=warmup)
         return out
 
@@ -95,6 +116,8 @@ def dotted_keys(data: dict, obj=None, prefix: str = "") -> set[str]:
     keys = set()
     for key, value in data.items():
         full, current = f"{prefix}{key}", getattr(obj, key)
+        if prefix == "" and key in KINDS and isinstance(value, dict) and value.get("kind") in KINDS[key]:
+            current = KINDS[key][value["kind"]]()  # the section's keys are those of its kind
         if is_dataclass(current) and isinstance(value, dict):
             keys |= dotted_keys(value, current, full + ".")
             continue
@@ -196,6 +219,9 @@ def merge(obj, data: dict, source: str, prefix: str = ""):
                 raise ConfigError(full, value, f"renamed to {prefix}{new}", f"write {new}: instead of {key}:", source)
             raise ConfigError(full, value, "unknown key", _suggest(str(key), names), source)
         current = getattr(obj, key)
+        if is_dataclass(current) and isinstance(value, dict) and "kind" in value and prefix == "" \
+                and key in KINDS and value["kind"] != current.kind:
+            current = _of_kind(key, value["kind"], source)
         if is_dataclass(current):
             changes[key] = merge(current, value, source, full + ".")
         elif isinstance(current, dict) and isinstance(value, dict):  # e.g. device overrides: key-wise
@@ -206,6 +232,15 @@ def merge(obj, data: dict, source: str, prefix: str = ""):
         return dataclasses.replace(obj, **changes)
     except ConfigError as err:  # re-raise with the full dotted key and the source
         raise ConfigError(_dotted(prefix, err.key), err.value, err.problem, err.fix, source) from None
+
+
+def _of_kind(section: str, kind, source: str):
+    """The default config of `section`'s kind `kind`, or a one-line ConfigError naming the kinds."""
+    kinds = KINDS[section]
+    if not isinstance(kind, str) or kind not in kinds:
+        raise ConfigError(f"{section}.kind", kind, f"unknown {section} kind", f"use one of {', '.join(kinds)}",
+                          source)
+    return kinds[kind]()
 
 
 def _dotted(prefix: str, key: str) -> str:
@@ -404,7 +439,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] = ()) -> RunConfig:
     for text in overrides:
         data = parse_override(text)
         cfg = merge(cfg, data, "--set")
-        keys |= dotted_keys(data)
+        keys |= dotted_keys(data, cfg)
     return with_explicit_keys(cfg, keys)
 
 

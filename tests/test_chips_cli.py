@@ -17,6 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CHIPS = sorted(library("chip"))
 SHORT = ["--steps", "2", "--set", "train.eval_every=2", "--set", "train.batch_size=4",
          "--set", "model.width=16", "--set", "data.context=8", "--set", "train.eval_batches=1"]
+#: The MLP chips' short run: a narrow hidden layer (the digits' held-out split is evaluated whole).
+SHORT_MLP = ["--steps", "2", "--set", "train.eval_every=2", "--set", "train.batch_size=4",
+             "--set", "model.hidden=[16]"]
+
+
+def short(chip: str) -> list[str]:
+    from analog_ep.config import load_config
+
+    return SHORT_MLP if load_config(chip).model.kind == "mlp" else SHORT
 #: What a run may print on stderr: tqdm's progress bar (redrawn after carriage returns) and, last,
 #: the status line `analog-ep: status <status>[: reason]`.
 PROGRESS = re.compile(r"^train:\s+\d+%\|[^|]*\|\s*\d+/\d+ \[[^\]]*\]$")
@@ -53,7 +62,7 @@ def test_run_every_shipped_chip_by_name_with_a_clean_stderr(chip, tmp_path):
     cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "analog_ep.cli.main"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*cmd, "run", chip, *SHORT], cwd=tmp_path, env=env, capture_output=True, text=True,
+    proc = subprocess.run([*cmd, "run", chip, *short(chip)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert unexpected_stderr(proc.stderr) == [], proc.stderr
@@ -66,9 +75,15 @@ def test_run_every_shipped_chip_by_name_with_a_clean_stderr(chip, tmp_path):
         a = f["twins/analog"]
         assert len(a["train/loss"]) == 2 and np.isfinite(a["train/loss"][:]).all()
         assert (a["settle_time"][:] > 0).all()
+        if "mlp" in chip:  # classification: accuracy per step and per evaluation, for every twin
+            for twin in ("analog", "digital"):
+                g = f[f"twins/{twin}"]
+                assert len(g["train/accuracy"]) == 2 and len(g["val/accuracy"]) == 2
+                assert ((g["val/accuracy"][:] >= 0) & (g["val/accuracy"][:] <= 1)).all()
+            assert f.attrs["version"] == 3
         # the ideal chip's circuit (circuits/euler.yaml) costs nothing; every other chip pays for reads,
         # sampling and writes; latency adds sampling and write rounds to the settles
-        if chip == "ideal":
+        if chip in ("ideal", "ideal_mlp_digits"):
             assert (a["energy"][:] == 0).all()
         else:
             assert (a["energy"][:] > 0).all() and (a["latency_s"][:] > a["settle_time"][:]).all()

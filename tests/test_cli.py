@@ -82,7 +82,7 @@ def test_run_writes_config_h5_curves_and_state(run_dir):
     assert copy.deepcopy(loaded).resolve() == loaded
 
     with h5py.File(out / "run.h5", "r") as f:
-        assert f.attrs["config"] == (out / "config.yaml").read_text() and f.attrs["version"] == 2
+        assert f.attrs["config"] == (out / "config.yaml").read_text() and f.attrs["version"] == 3
         assert f.attrs["status"] == "completed" and f.attrs["status_reason"] == ""
         for twin in ("analog", "digital", "bptt"):
             g = f[f"twins/{twin}"]

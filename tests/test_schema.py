@@ -7,7 +7,10 @@ defaults moved out of `RunConfig`'s factories into the dataclasses (with `circui
 (chip.cycle_noise, train.checkpoint_every, stabilizers.diverge_*, abort_patience 100 -> 20; no
 other key moved), and again when the circuit work landed (circuit.energy.p_laser, e_modulator,
 e_detector added - optical_128's from its circuit file; rc_crossbar's integrator euler -> exp_euler),
-and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
+then when the MLP came to the CLI (issue 9: model.kind 'transformer' and data.kind 'text' added to
+every transformer chip; chip.learning 'coprocessor', chip.local_update, chip.pulse_bits,
+chip.bl_management, chip.update_management added with their defaults; no other key moved; the MLP
+chips ideal_mlp_digits and rram_mlp_digits captured new), and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
 shipped chip file, fails here: if it is meant, regenerate the file from `validate --show` and say so.
 """
 from __future__ import annotations

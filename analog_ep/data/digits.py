@@ -6,34 +6,15 @@ depends only on the config.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
 from analog_ep.errors import check
+from analog_ep.schema.data import DigitsDataConfig  # noqa: F401  (re-exported)
 
 #: Raw pixel values of `load_digits` are integers in [0, 16].
 PIXEL_MAX = 16.0
-
-
-@dataclass
-class DigitsDataConfig:
-    """How the digits are split and scaled."""
-
-    test_fraction: float = 0.2
-    """Fraction of the samples held out for testing; in (0, 1)."""
-
-    seed: int = 0
-    """Seed of the stratified split (the same seed always gives the same split)."""
-
-    scale: bool = True
-    """Divide pixels by 16 so they lie in [0, 1]; False keeps the raw integer levels 0..16."""
-
-    def __post_init__(self):
-        check(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction,
-              "must lie strictly between 0 and 1", "use e.g. 0.2")
-        check(isinstance(self.seed, int), "seed", self.seed, "must be an integer", "use e.g. 0")
 
 
 class DigitsData:
@@ -82,6 +63,39 @@ class DigitsData:
         for i in range(0, stop, batch_size):
             idx = order[i:i + batch_size]
             yield self.x_train[idx], self.y_train[idx]
+
+    # ---- the run loop's data interface (shared with `CharCorpus`) -------------------------------
+    #: Runs on this data record accuracy (`analog_ep.run.loop`).
+    classification = True
+
+    def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        check(split in ("train", "val"), "split", split, "unknown split", "use train or val")
+        return (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
+
+    def batch(self, split: str, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """`batch_size` distinct samples of `split` drawn at random: x (B, 64) float32, y (B,) int64.
+
+        Each step draws afresh from `generator` (no epoch position to carry), so a resumed run
+        continues the same sequence from the generator's state alone."""
+        x, y = self._split(split)
+        check(isinstance(batch_size, int) and 1 <= batch_size <= len(y), "batch_size", batch_size,
+              f"must be an integer in [1, {len(y)}]", "use e.g. 32")
+        idx = torch.randperm(len(y), generator=generator)[:batch_size]
+        return x[idx], y[idx]
+
+    def fixed_batches(self, split: str, batch_size: int, n: int = 0, seed: int = 0
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole of `split` in order, cut into batches of `batch_size` (validation accuracy is
+        measured on every held-out sample; `n` and `seed` are ignored: nothing is drawn)."""
+        x, y = self._split(split)
+        return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+
+    def unigram_entropy(self, split: str = "train") -> float:
+        """Entropy of the class frequencies of `split` in nats: the loss of a predictor that knows
+        only the class prior (ln 10 = 2.303 for balanced digits)."""
+        counts = torch.bincount(self._split(split)[1], minlength=self.n_classes).double()
+        p = counts[counts > 0] / counts.sum()
+        return float(-(p * p.log()).sum())
 
     def __repr__(self) -> str:
         return f"DigitsData(train={len(self.y_train)}, test={len(self.y_test)}, scale={self.cfg.scale})"

@@ -129,7 +129,8 @@ class Adjoint:
     jacobian_products: int = 0
     """Jacobian-vector and vector-Jacobian products (B samples each) of the AEP correction."""
     phases: list = field(default_factory=list)
-    """What each restart's nudged phase delivered besides the contrast (a circuit: its `Settle`)."""
+    """What each restart's nudged phase delivered besides the contrast: a circuit its `Settle`, the
+    digital phase its stacked nudged states (n_points*B, ...)."""
 
 
 def _per_point_norm(t: torch.Tensor, points: int) -> torch.Tensor:
@@ -233,7 +234,8 @@ def nudged_term(model: EquilibriumModel, x_in: torch.Tensor, y: torch.Tensor, z_
 def digital_nudge(term: NudgedTerm, start: torch.Tensor, z_ref: torch.Tensor, config: EPConfig, points: NudgePoints
                   ) -> tuple[torch.Tensor, int, None]:
     """A digital nudged phase: Euler steps of `eps` from `start`, T2 steps or the most settled
-    snapshot (adaptive T2). Returns (contrast, steps behind it, no extra record)."""
+    snapshot (adaptive T2). Returns (contrast, steps behind it, the stacked nudged states at T2 -
+    what a local learning rule measures - or None under adaptive T2)."""
     solver = Euler(config.eps)
     contrast = lambda z: points.contrast(z, z_ref)  # noqa: E731
     if config.select_cap:
@@ -241,7 +243,7 @@ def digital_nudge(term: NudgedTerm, start: torch.Tensor, z_ref: torch.Tensor, co
                                                                             contrast))
         return phase.output, phase.info["selected_step"], None
     phase = solve(term, solver, solver.init(term, start), Fixed(config.steps))
-    return contrast(phase.output), config.steps, None
+    return contrast(phase.output), config.steps, phase.output
 
 
 def estimate_adjoint(model: EquilibriumModel, x_in: torch.Tensor, y: torch.Tensor, z_star: torch.Tensor,

@@ -15,7 +15,8 @@ which the optimizer updates.
 Writes take the desired change of each matrix (model units) and realise it through the device:
 'sign_pulse' sends at most one pulse per device per round (Lion's sign update), 'quantized'
 rounds the change to whole pulses (at most `max_pulses`) stochastically, 'ideal' sets the
-weights exactly.
+weights exactly. 'outer_product' (`write_outer`) takes rank-1 terms instead of a change: the
+in-memory update of analog SGD, by stochastic pulse trains (`analog_ep.hardware.outer`).
 
 The write controller is what a chip's digital controller would hold, and no more:
 
@@ -42,6 +43,7 @@ from analog_ep.errors import check
 from analog_ep.hardware.cycle import CycleNoise
 from analog_ep.hardware.device import DeviceConfig, construction_seed
 from analog_ep.hardware.ledger import PulseLedger
+from analog_ep.hardware.outer import coincidences, rounds
 from analog_ep.hardware.periphery import (NoiseSource, analog_matmul, effective_conductances,
                                           mismatch_gains)
 from analog_ep.hardware.tiles import CrossbarArray, ProgramReport
@@ -241,6 +243,34 @@ class AnalogChip:
             self.last_rounds = max(self.last_rounds, rounds)  # arrays are written in parallel
             for k in range(1, rounds + 1):  # round k pulses the devices that still owe >= k pulses
                 sent += arr.pulse((torch.sign(pulses) * (pulses.abs() >= k)).to(torch.int8), step)
+        self.refresh()
+        return sent
+
+    @torch.no_grad()
+    def write_outer(self, terms: dict[str, tuple[torch.Tensor, torch.Tensor, float]], lrs: dict[str, float],
+                    step: int, decay: dict[str, float] | None = None) -> int:
+        """Rank-1 pulse-train updates (`analog_ep.hardware.outer`): matrix `name` changes by
+        lrs[name] x scale x x^T d on average for its (x, d, scale) terms, realised as the coincidences
+        of seeded stochastic trains, sent as pulse rounds through the devices (ledger included).
+        `decay` adds weight decay as pulses toward zero (module docstring). Returns pulses sent."""
+        cfg, sent, self.last_rounds = self.config, 0, 0
+        decay = decay or {}
+        for name in dict.fromkeys([*terms, *decay]):
+            arr = self.arrays[name]
+            up = torch.zeros(arr.shape, dtype=torch.int64)
+            down = torch.zeros(arr.shape, dtype=torch.int64)
+            if name in terms:
+                x, d, scale = terms[name]
+                up, down = coincidences(x, d, lrs[name] * scale, self.step_size[name], cfg.pulse_bits,
+                                        cfg.bl_management, cfg.update_management, self.write_generator)
+            if name in decay:
+                owed = self._decay_pulses(name, decay[name]).long()
+                up, down = up + owed.clamp(min=0), down + (-owed).clamp(min=0)
+            count = 0
+            for signs in rounds(up, down):
+                sent += arr.pulse(signs, step)
+                count += 1
+            self.last_rounds = max(self.last_rounds, count)  # arrays are written in parallel
         self.refresh()
         return sent
 

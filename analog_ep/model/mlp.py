@@ -24,53 +24,14 @@ loss gradient extend holomorphically to complex states (holomorphic EP works).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import nn
 
-from analog_ep.errors import check
 from analog_ep.model.base import EquilibriumModel
 from analog_ep.model.layers import cross_entropy_grad, matmul
-
-ACTIVATIONS = ("tanh", "sigmoid")
-
-
-@dataclass
-class MLPConfig:
-    """Shape, activation and initialisation of the equilibrium MLP."""
-
-    inputs: int = 64
-    """Input width (64 pixels for the 8x8 digits)."""
-    hidden: tuple[int, ...] = (128,)
-    """Widths of the hidden layers, bottom to top (at least one)."""
-    classes: int = 10
-    """Output width: one logit per class."""
-    activation: str = "tanh"
-    """Rate function rho of the hidden layers: 'tanh' (rho'(0) = 1, zero-centred) or 'sigmoid'."""
-    damping: float = 0.0
-    """Extra leak c: the self term is (1 + c)/2 |s|^2, a stronger pull to 0 (more contraction)."""
-    init_scale: float = 1.0
-    """Weight init std in units of 1/sqrt(fan_in) (Glorot-like); biases start at 0."""
-    seed: int = 0
-    """Seed of the weight initialisation."""
-
-    def __post_init__(self):
-        self.hidden = tuple(self.hidden)  # YAML gives a list
-        for key in ("inputs", "classes"):
-            check(getattr(self, key) >= 1, key, getattr(self, key), "must be a positive integer")
-        check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden", self.hidden,
-              "needs at least one layer of positive width", "use e.g. [128]")
-        check(self.activation in ACTIVATIONS, "activation", self.activation, "unknown activation",
-              f"use one of {', '.join(ACTIVATIONS)}")
-        check(self.damping >= 0, "damping", self.damping, "must be >= 0")
-        check(self.init_scale > 0, "init_scale", self.init_scale, "must be > 0")
-
-    @property
-    def leak(self) -> float:
-        """The force's scalar self-decay: 1 + c, the self term of every layer."""
-        return 1.0 + self.damping
-
+from analog_ep.schema.model import ACTIVATIONS, MLPConfig  # noqa: F401  (re-exported)
 
 class EquilibriumMLP(EquilibriumModel):
     """Layered Hopfield network whose free fixed point F(z*) = 0 is the forward pass."""
@@ -87,6 +48,7 @@ class EquilibriumMLP(EquilibriumModel):
             nn.Parameter(torch.randn(n_in, n_out, generator=gen) * config.init_scale / math.sqrt(n_in))
             for n_in, n_out in zip(widths[:-1], widths[1:]))
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(n)) for n in self.sizes)
+        self.to(getattr(torch, config.dtype))
 
     @property
     def leak(self) -> float:
@@ -112,6 +74,17 @@ class EquilibriumMLP(EquilibriumModel):
         states = list(z.split(self.sizes, dim=-1))
         rates = [x_in.to(z.dtype)] + [self.rho(s) for s in states[:-1]] + [states[-1]]
         return states, rates
+
+    def layer_rates(self, z: torch.Tensor, x_in: torch.Tensor) -> list[torch.Tensor]:
+        """The rates [r_0 = x, r_1, ..., r_L, r_o] each layer's neurons present at state z: what a
+        local learning rule measures (`analog_ep.estimator.local`)."""
+        return self._rates(z, x_in)[1]
+
+    def local_pairs(self) -> tuple[list[tuple[str, int, int]], list[tuple[str, int]]]:
+        """([(weight name, its row layer, its column layer)], [(bias name, its layer)]): W_l couples
+        rates l and l+1, b_l drives layer l+1 (indices into `layer_rates`)."""
+        weights = [(f"weights.{l}", l, l + 1) for l in range(len(self.weights))]
+        return weights, [(f"biases.{l}", l + 1) for l in range(len(self.biases))]
 
     # ---- the dynamical system -------------------------------------------------------------
     def drive(self, x: torch.Tensor) -> torch.Tensor:

@@ -36,11 +36,10 @@ import yaml
 
 from analog_ep.atomic import atomic_write
 from analog_ep.config import RunConfig, dump_yaml, load_config, merge, parse_override, to_dict
-from analog_ep.data.text import CharCorpus
 from analog_ep.diagnostics.fingerprint import cosine
 from analog_ep.errors import AnalogEPError, ConfigError
 from analog_ep.estimator.ep import ep_gradient
-from analog_ep.model.transformer import EquilibriumTransformer
+from analog_ep.model.base import EquilibriumModel
 from analog_ep.run.diagnosis import diagnosis_line, fingerprint_at, write_diagnosis
 from analog_ep.run.status import LOCK, RunLock, one_line
 from analog_ep.run.store import STATE_VERSION, History, save_state, write_h5
@@ -63,13 +62,39 @@ _UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError,
                IndexError, pickle.UnpicklingError)
 
 
-def build(cfg: RunConfig) -> tuple[CharCorpus, EquilibriumTransformer]:
+def load_data(cfg: RunConfig):
+    """The run's data (`data.kind`): a `CharCorpus` (text) or `DigitsData` (digits); both serve
+    `batch`, `fixed_batches` and `unigram_entropy`, and `classification` says whether accuracy is
+    recorded. Text fills in the model's vocab_size."""
+    if cfg.data.kind == "digits":
+        from analog_ep.data.digits import DigitsData
+
+        return DigitsData.from_config(cfg.data)
+    from analog_ep.data.text import CharCorpus
+
     corpus = CharCorpus.from_config(cfg.data)
     cfg.model.vocab_size = corpus.vocab_size
-    return corpus, EquilibriumTransformer(cfg.model)
+    return corpus
 
 
-def make_twins(cfg: RunConfig, model: EquilibriumTransformer) -> dict:
+def make_model(cfg: RunConfig) -> EquilibriumModel:
+    """A fresh model of `model.kind` from its config (its initial weights follow `model.seed`)."""
+    if cfg.model.kind == "mlp":
+        from analog_ep.model.mlp import EquilibriumMLP
+
+        return EquilibriumMLP(cfg.model)
+    from analog_ep.model.transformer import EquilibriumTransformer
+
+    return EquilibriumTransformer(cfg.model)
+
+
+def build(cfg: RunConfig):
+    """(data, model) of a run."""
+    corpus = load_data(cfg)
+    return corpus, make_model(cfg)
+
+
+def make_twins(cfg: RunConfig, model: EquilibriumModel) -> dict:
     """Each twin owns a copy of the same initial weights."""
     from analog_ep.train.backend import check_backend
 
@@ -90,7 +115,7 @@ def make_twins(cfg: RunConfig, model: EquilibriumTransformer) -> dict:
     return twins
 
 
-def update_cosine(analog, probe: EquilibriumTransformer, before: dict, x, y, cfg: RunConfig) -> float:
+def update_cosine(analog, probe: EquilibriumModel, before: dict, x, y, cfg: RunConfig) -> float:
     """cos(-(realised change of the analog weights), digital EP gradient at the pre-step weights)."""
     probe.load_state_dict(before)
     grads = ep_gradient(probe, x, y, cfg.relax, cfg.ep).grads
@@ -171,7 +196,8 @@ def resume_config(out: Path, overrides: list[str] = (), chip: str | None = None)
     if chip is not None:
         given = to_dict(load_config(chip, list(overrides)))
         run = to_dict(cfg)
-        given["model"]["vocab_size"] = run["model"]["vocab_size"]  # filled in from the corpus at the start
+        if "vocab_size" in run["model"] and "vocab_size" in given["model"]:
+            given["model"]["vocab_size"] = run["model"]["vocab_size"]  # filled in from the corpus at the start
         diff = _first_difference(run, given)
         if diff is not None:
             key, theirs, ours = diff
@@ -344,7 +370,8 @@ class _Job:
         self.fresh = state is None
         if state is not None:
             self._restore(state)
-        self.probe = EquilibriumTransformer(cfg.model) if cfg.train.update_cos and "analog" in twins else None
+        self.probe = make_model(cfg) if cfg.train.update_cos and "analog" in twins else None
+        self.classification = getattr(corpus, "classification", False)
 
     def _restore(self, state: dict) -> None:
         for name, twin in self.twins.items():
@@ -411,6 +438,8 @@ class _Job:
         return {"status": status, "reason": reason, "steps": self.step, "wall_s": time.perf_counter() - t0,
                 "out": str(self.out), "twins": {n: r.status for n, r in self.runs.items()},
                 "val_loss": {n: self.history.last(n, "val.loss") for n in self.twins},
+                **({"val_accuracy": {n: self.history.last(n, "val.accuracy") for n in self.twins}}
+                   if self.classification else {}),
                 "unigram_entropy": self.entropy}
 
     def _stopping(self) -> bool:
@@ -431,6 +460,8 @@ class _Job:
             rec = twin.step(x, y, step)
             history.add(name, "train.step", step)
             history.add(name, "train.loss", rec.loss)
+            if self.classification:
+                history.add(name, "train.accuracy", rec.accuracy)
             history.add(name, "residual", rec.residual)
             if name == "analog":
                 history.add(name, "settle_time", rec.settle_time)
@@ -448,16 +479,18 @@ class _Job:
             run = self.runs[name]
             if run.status != "running":
                 continue
-            loss = twin.evaluate(self.val)
+            loss, accuracy = twin.evaluate_metrics(self.val)
             self.history.add(name, "val.step", step)
             self.history.add(name, "val.loss", loss)
+            if self.classification:
+                self.history.add(name, "val.accuracy", accuracy)
             self.best_dirty |= run.observe(step, loss, twin)
 
     def _diverged(self, name: str, step: int, reason: str) -> None:
         """Stop the twin; write its fingerprint at divergence and at its best state, with a diagnosis."""
         cfg, run, twin = self.cfg, self.runs[name], self.twins[name]
         run.status, run.reason = "diverged", reason
-        probe = EquilibriumTransformer(cfg.model)
+        probe = make_model(cfg)
         x, y = self.corpus.fixed_batches("val", 4, 1, seed=cfg.train.seed)[0]
         now = fingerprint_at(probe, twin.model.state_dict(), x, y, cfg.relax, cfg.ep)
         best = None if run.best_state is None else fingerprint_at(probe, run.best_state["model"], x, y, cfg.relax,
@@ -491,7 +524,8 @@ class _Job:
         wall = self._wall()
         write_h5(self.out / RUN, self.config_text, self.history, self.ledger, self.step, status, reason, attrs,
                  {"wall_s": wall, "unigram_entropy": self.entropy})
-        plot_curves(self.out / "curves.png", self.history, f"{self.out.name}: cross-entropy", self.entropy)
+        plot_curves(self.out / "curves.png", self.history, f"{self.out.name}: cross-entropy", self.entropy,
+                    prior="class-prior" if self.classification else "unigram")
         save_state(self.out / STATE, {
             "version": STATE_VERSION, "config": self.config_text, "step": self.step,
             "history": self.history.state_dict(), "generator": self.generator.get_state(), "wall_s": wall,

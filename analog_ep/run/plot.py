@@ -25,11 +25,16 @@ def smooth(values, window: int = 20) -> np.ndarray:
     return np.concatenate([head, np.convolve(v, kernel, mode="valid")])
 
 
-def plot_curves(path: Path, history: History, title: str, entropy: float | None = None) -> None:
-    """Train (thin, smoothed) and validation (thick, markers) cross-entropy of every twin."""
+def plot_curves(path: Path, history: History, title: str, entropy: float | None = None,
+                prior: str = "unigram") -> None:
+    """Train (thin, smoothed) and validation (thick, markers) cross-entropy of every twin; with a
+    classification run (val/accuracy recorded) a panel of accuracies beside it; with a circuit the
+    operator's health. `prior` names the entropy line (unigram, or class-prior)."""
     analog = history.series.get("analog", {})
     has_hw = bool(analog.get("settle_time"))
-    fig, axes = plt.subplots(1, 2 if has_hw else 1, figsize=(12 if has_hw else 7, 4.5), squeeze=False)
+    has_acc = any(series.get("val.accuracy") for series in history.series.values())
+    panels = 1 + has_acc + has_hw
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels if panels > 1 else 7, 4.5), squeeze=False)
     ax = axes[0, 0]
     for twin, series in history.series.items():
         color = COLORS.get(twin, None)
@@ -40,14 +45,30 @@ def plot_curves(path: Path, history: History, title: str, entropy: float | None 
             ax.plot(series["val.step"], series["val.loss"], color=color, lw=2.2, marker="o", ms=4,
                     label=f"{twin} validation")
     if entropy is not None:
-        ax.axhline(entropy, color="gray", ls=":", lw=1, label=f"unigram entropy {entropy:.2f}")
+        ax.axhline(entropy, color="gray", ls=":", lw=1, label=f"{prior} entropy {entropy:.2f}")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if has_acc:
+        axa = axes[0, 1]
+        for twin, series in history.series.items():
+            color = COLORS.get(twin, None)
+            if series.get("train.accuracy"):
+                axa.plot(series["train.step"], smooth(series["train.accuracy"]), color=color, alpha=0.45, lw=1,
+                         label=f"{twin} train (smoothed)")
+            if series.get("val.accuracy"):
+                axa.plot(series["val.step"], series["val.accuracy"], color=color, lw=2.2, marker="o", ms=4,
+                         label=f"{twin} validation")
+        axa.set_xlabel("step")
+        axa.set_ylabel("accuracy")
+        axa.set_ylim(0, 1)
+        axa.set_title("accuracy (argmax of the free state's logits)")
+        axa.grid(alpha=0.3)
+        axa.legend(fontsize=8, loc="lower right")
     if has_hw:
-        ax2 = axes[0, 1]
+        ax2 = axes[0, -1]
         steps = analog["train.step"]
         ax2.plot(steps, smooth(analog["residual"]), color="tab:red", lw=1, label="analog free residual")
         if "residual" in history.series.get("digital", {}):

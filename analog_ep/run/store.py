@@ -1,6 +1,8 @@
 """The run directory: config.yaml, run.h5, curves.png, the resumable state and the best states.
 
-run.h5 (format version 2; version 1 had no status, provenance or step-0 evaluation):
+run.h5 (format version 3; version 2 had no accuracy series and its config no model/data kind,
+version 1 no status, provenance or step-0 evaluation; every version-2 dataset is read the same
+way in version 3):
 
     /                  attrs: config (the resolved YAML text), version, steps_done,
                        status (running | completed | diverged | interrupted | failed),
@@ -9,7 +11,8 @@ run.h5 (format version 2; version 1 had no status, provenance or step-0 evaluati
                        numpy_version, h5py_version, python_version, platform, git_commit,
                        git_dirty, threads,
                        wall_s (training wall time over all invocations, s),
-                       unigram_entropy (of the validation text, nats)
+                       unigram_entropy (of the validation text, nats; on classification data
+                       the entropy of the held-out class frequencies)
     /twins/<name>/     one group per twin: analog, digital, bptt
         attrs          status (running | completed | diverged), status_reason,
                        diagnosis (one line, when it diverged), best_step, best_val_loss (the state
@@ -17,6 +20,10 @@ run.h5 (format version 2; version 1 had no status, provenance or step-0 evaluati
         train/step, train/loss      every step
         val/step, val/loss          step 0, every train.eval_every steps and the last step (same
                                     validation batches for every twin and every evaluation)
+        train/accuracy              classification data (digits): fraction of the training batch
+                                    predicted right at its free state, every step
+        val/accuracy                classification data: fraction of the whole held-out split
+                                    predicted right, at every evaluation
         residual                    free-phase residual, every step
         settle_time, energy         analog twin: physical settle time (s) and energy (J) per step
         latency_s                   analog twin: estimated latency per step (s): settles, sampling, writes
@@ -43,7 +50,7 @@ from analog_ep.atomic import atomic_write
 from analog_ep.hardware.ledger import PulseLedger
 from analog_ep.run.provenance import stamp
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 STATE_VERSION = 2
 
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 from analog_ep.errors import check
 
-WRITES = ("sign_pulse", "quantized", "ideal")
+WRITES = ("sign_pulse", "quantized", "ideal", "outer_product")
+LEARNING = ("coprocessor", "local")
+LOCAL_UPDATES = ("rank2", "naive")
 PROGRAMS = ("ideal", "verify")
 CYCLE_NOISE = ("seeded", "aihwkit")
 NOISE_MANAGEMENT = ("abs_max", "none")
@@ -258,9 +260,35 @@ class ChipConfig:
     program_rounds: int = 200
     """Program-and-verify round cap."""
     write: str = "sign_pulse"
-    """'sign_pulse' (one pulse per device per round, Lion), 'quantized' (the optimizer's update in
-    whole pulses, stochastically rounded with the chip's own seeded generator) or 'ideal' (weights
-    set exactly: the comparison baseline). Weight decay is written as pulses in every mode."""
+    """'sign_pulse' (one pulse per device per round, Lion: a hybrid, Lion's momentum is one digital
+    word per weight held beside the array), 'quantized' (the optimizer's update in whole pulses,
+    stochastically rounded with the chip's own seeded generator), 'ideal' (weights set exactly: the
+    comparison baseline) or 'outer_product' (the in-memory rank-1 update of analog SGD with
+    `learning: local`: stochastic pulse trains on rows and columns, each device pulsed by their
+    coincidences, no per-weight digital work; see `analog_ep.hardware.outer`). Weight decay is
+    written as pulses in every mode."""
+    learning: str = "coprocessor"
+    """Where the update is computed. 'coprocessor': a digital co-processor that knows every
+    conductance forms the EP gradient (a vector-Jacobian product at the chip's effective weights).
+    'local': nothing in the update path reads conductances; for the equilibrium MLP each crossbar's
+    update is built from its two layers' measured rates at the free and nudged equilibria (the EP
+    rule of a layered Hopfield network, `analog_ep.estimator.local`)."""
+    local_update: str = "rank2"
+    """How `learning: local` writes an MLP crossbar's change (r+ r+'^T - r- r-'^T) / (2 beta) as rank-1
+    updates: 'rank2' = [(r+ - r-)(r+' + r-')^T + (r+ + r-)(r+' - r-')^T] / (4 beta), two updates per
+    sample each with one small (difference) factor; 'naive' = the two large outer products with
+    opposite signs. Equal in expectation; with stochastic pulse trains the spread of each is
+    proportional to |x| |d| of its factors, so 'rank2' is far less noisy (README: measured)."""
+    pulse_bits: int = 31
+    """outer_product: the most slots BL of one sample's stochastic pulse trains (aihwkit
+    desired_bl); with `bl_management` fewer are used when the update needs fewer."""
+    bl_management: bool = True
+    """outer_product: per sample, BL = min(pulse_bits, ceil(lr max|x| max|d| / dw)) (aihwkit
+    update_bl_management): short trains for small updates."""
+    update_management: bool = True
+    """outer_product: balance row and column probabilities per sample, p_i = |x_i| sqrt(k max|d| /
+    max|x|), q_j = |d_j| sqrt(k max|x| / max|d|), k = lr / (dw BL) (aihwkit update_management);
+    off: p_i = |x_i| sqrt(k), q_j = |d_j| sqrt(k). Probabilities are clipped at 1."""
     max_pulses: int = 8
     """Cap on pulses per device per step for 'quantized' writes and trust-ratio gains."""
     seed: int = 0
@@ -277,6 +305,14 @@ class ChipConfig:
         if isinstance(self.periphery, dict):
             self.periphery = PeripheryConfig(**self.periphery)
         check(self.write in WRITES, "write", self.write, "unknown write scheme", f"use one of {', '.join(WRITES)}")
+        check(self.learning in LEARNING, "learning", self.learning, "unknown learning mode",
+              f"use one of {', '.join(LEARNING)}")
+        check(self.local_update in LOCAL_UPDATES, "local_update", self.local_update, "unknown local update form",
+              f"use one of {', '.join(LOCAL_UPDATES)}")
+        check(self.write != "outer_product" or self.learning == "local", "write", self.write,
+              "outer-product writes need the measured rates of local learning", "set chip.learning: local")
+        check(_is_int(self.pulse_bits) and self.pulse_bits >= 1, "pulse_bits", self.pulse_bits,
+              "must be an integer >= 1", "aihwkit's default is 31")
         check(self.program in PROGRAMS, "program", self.program, "unknown programming",
               f"use one of {', '.join(PROGRAMS)}")
         for key in ("tile_rows", "tile_cols"):

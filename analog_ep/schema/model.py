@@ -1,8 +1,14 @@
-"""Schema of the equilibrium transformer block (`analog_ep.model.transformer` builds it).
+"""Schema of the models a run trains: one config per model kind, selected by `model.kind`.
 
-The defaults are the small block that learns in minutes on a CPU (C=64, T=32, 4 heads, embeddings
-at unit scale); the research configuration (C=128, T=64, embeddings at 0.02) is pinned by
-`bench/ep_step.py`.
+* `TransformerConfig` (kind 'transformer', the default): the equilibrium transformer block
+  (`analog_ep.model.transformer`). Its defaults are the small block that learns in minutes on a
+  CPU (C=64, T=32, 4 heads, embeddings at unit scale); the research configuration (C=128, T=64,
+  embeddings at 0.02) is pinned by `bench/ep_step.py`.
+* `MLPConfig` (kind 'mlp'): the layered Hopfield network for classification
+  (`analog_ep.model.mlp`).
+
+`MODEL_KINDS` maps `kind` to its config; a chip file's `model: {kind: mlp, ...}` selects the class
+its other keys are read onto (`analog_ep.config.merge`).
 """
 from __future__ import annotations
 
@@ -11,12 +17,16 @@ from dataclasses import dataclass
 from analog_ep.errors import check
 
 MODES = ("thick", "real", "energy", "mono")
+ACTIVATIONS = ("tanh", "sigmoid")
+DTYPES = ("float32", "float64")
 
 
 @dataclass
 class TransformerConfig:
     """Shape, force mode and initialisation of the equilibrium transformer block."""
 
+    kind: str = "transformer"
+    """Which model: 'transformer' (this config) or 'mlp' (`MLPConfig`); it selects the config class."""
     vocab_size: int = 103
     """Number of input/output symbols (the default corpus has 103)."""
     context: int = 32
@@ -57,7 +67,9 @@ class TransformerConfig:
     estimate itself scatters by ~1% (the nudge moves z by ~1e-5 of its norm)."""
 
     def __post_init__(self):
-        check(self.dtype in ("float32", "float64"), "dtype", self.dtype, "unsupported dtype",
+        check(self.kind == "transformer", "kind", self.kind, "is not a transformer kind",
+              "set model.kind: transformer, or use MLPConfig")
+        check(self.dtype in DTYPES, "dtype", self.dtype, "unsupported dtype",
               "use float32 or float64")
         check(self.mode in MODES, "mode", self.mode, "unknown force mode", f"use one of {', '.join(MODES)}")
         for key in ("vocab_size", "context", "width", "heads", "memory", "ffn_mult"):
@@ -73,3 +85,49 @@ class TransformerConfig:
         (real), m (mono)."""
         return {"thick": 1.0 + self.damping, "energy": 1.0 + self.damping, "real": 1.0 + self.attn_gain * self.damping,
                 "mono": self.mono_margin}[self.mode]
+
+
+@dataclass
+class MLPConfig:
+    """Shape, activation and initialisation of the equilibrium MLP (layered Hopfield network)."""
+
+    kind: str = "mlp"
+    """Which model: 'mlp' (this config) or 'transformer' (`TransformerConfig`)."""
+    inputs: int = 64
+    """Input width (64 pixels for the 8x8 digits; a run ties it to the data)."""
+    hidden: tuple[int, ...] = (128,)
+    """Widths of the hidden layers, bottom to top (at least one)."""
+    classes: int = 10
+    """Output width: one logit per class (a run ties it to the data)."""
+    activation: str = "tanh"
+    """Rate function rho of the hidden layers: 'tanh' (rho'(0) = 1, zero-centred) or 'sigmoid'."""
+    damping: float = 0.0
+    """Extra leak c: the self term is (1 + c)/2 |s|^2, a stronger pull to 0 (more contraction)."""
+    init_scale: float = 1.0
+    """Weight init std in units of 1/sqrt(fan_in) (Glorot-like); biases start at 0."""
+    seed: int = 0
+    """Seed of the weight initialisation."""
+    dtype: str = "float32"
+    """'float32' or 'float64' (the ideal chip's twins agree to rounding in float64)."""
+
+    def __post_init__(self):
+        self.hidden = tuple(self.hidden)  # YAML gives a list
+        check(self.kind == "mlp", "kind", self.kind, "is not an MLP kind", "set model.kind: mlp, or use TransformerConfig")
+        for key in ("inputs", "classes"):
+            check(getattr(self, key) >= 1, key, getattr(self, key), "must be a positive integer")
+        check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden", self.hidden,
+              "needs at least one layer of positive width", "use e.g. [128]")
+        check(self.activation in ACTIVATIONS, "activation", self.activation, "unknown activation",
+              f"use one of {', '.join(ACTIVATIONS)}")
+        check(self.damping >= 0, "damping", self.damping, "must be >= 0")
+        check(self.init_scale > 0, "init_scale", self.init_scale, "must be > 0")
+        check(self.dtype in DTYPES, "dtype", self.dtype, "unsupported dtype", "use float32 or float64")
+
+    @property
+    def leak(self) -> float:
+        """The force's scalar self-decay: 1 + c, the self term of every layer."""
+        return 1.0 + self.damping
+
+
+#: model.kind -> its config class.
+MODEL_KINDS = {"transformer": TransformerConfig, "mlp": MLPConfig}

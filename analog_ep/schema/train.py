@@ -223,7 +223,8 @@ class TrainConfig:
     """Steps between validation evaluations (step 0 and the last step are always evaluated;
     evaluation has its own noise generators, so this does not change training)."""
     eval_batches: int = 4
-    """Fixed validation batches per evaluation (the same for every twin and every evaluation)."""
+    """Fixed validation batches per evaluation (the same for every twin and every evaluation).
+    Text data only: on classification data (digits) every held-out sample is evaluated."""
     checkpoint_every: int = 10
     """Steps between checkpoints (state.pt, run.h5, best.pt, curves.png; every evaluation and the
     last step also checkpoint): a kill loses at most this many steps (~13 s of the default job)."""

@@ -249,8 +249,8 @@ class SweepDefinition:
     def validate(self) -> None:
         """Resolve every point, check each distinct device and corpus: a one-line error naming the
         first bad point."""
-        from analog_ep.data.text import CharCorpus
         from analog_ep.hardware.device import check_device_config
+        from analog_ep.run.loop import load_data
 
         devices, corpora = set(), set()
         for point in self.points:
@@ -263,7 +263,7 @@ class SweepDefinition:
                     devices.add(device)
                 data = yaml.safe_dump(to_dict(cfg.data))
                 if data not in corpora:
-                    CharCorpus.from_config(cfg.data)
+                    load_data(cfg)
                     corpora.add(data)
             except ConfigError as err:
                 raise ConfigError(err.key, err.value, err.problem, err.fix, where) from None

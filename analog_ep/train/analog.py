@@ -15,6 +15,13 @@ effective conductances (reads='chip'); and it writes through the devices (`ChipW
 * Any other optimizer (or 'quantized'/'ideal' writes): the optimizer's digital step is computed,
   weight decay included, and its change of each held matrix is written through the chip
   (stochastically rounded to pulses, or exact).
+* `learning: local` (the equilibrium MLP): the update of each crossbar comes from its two layers'
+  measured rates at the free and nudged equilibria (`analog_ep.estimator.local`), no conductance
+  read and no backward pass. With 'outer_product' writes it is written as rank-1 pulse-train
+  updates (`AnalogChip.write_outer`): plain SGD at the scheduled lr of each matrix, no per-weight
+  digital work, so neither momentum nor gradient clipping reach the held matrices (the biases,
+  digital, take the optimizer's step). With 'ideal' or 'quantized' writes the digital controller
+  forms the dense gradient from the same rates and the optimizer steps as above.
 
 Evaluation draws its read noise and circuit noise from generators of its own (`AnalogTwin.evaluate`).
 
@@ -31,6 +38,7 @@ from analog_ep.circuit.energy import EnergyConfig
 from analog_ep.circuit.measure import SettleConfig
 from analog_ep.hardware.chip import AnalogChip, ChipConfig
 from analog_ep.model.base import EquilibriumModel
+from analog_ep.estimator.local import local_update
 from analog_ep.train.backend import CircuitBackend, DigitalBackend
 from analog_ep.train.optim import Lion
 from analog_ep.train.twin import DigitalTwin
@@ -46,6 +54,7 @@ class ChipWriter:
     def __init__(self, chip: AnalogChip):
         self.chip = chip
         self.pulses = self.rounds = 0
+        self.terms: dict | None = None  # outer_product: this step's rank-1 terms (`AnalogTwin.ep_grads`)
 
     def begin(self) -> None:
         self.pulses = self.rounds = self.chip.last_pulses = self.chip.last_rounds = 0
@@ -54,7 +63,15 @@ class ChipWriter:
         """The loaded gradients' update: the held matrices through the chip, the rest digitally."""
         chip, optimizer, step = self.chip, twin.optimizer, twin.current_step
         held = {n: p for n, p in twin.model.named_parameters() if chip.holds(n)}
-        if isinstance(optimizer, Lion) and chip.config.write == "sign_pulse":
+        if chip.config.write == "outer_product":
+            terms, self.terms = self.terms or {}, None
+            optimizer.step()  # the digital parameters: the held matrices have no gradient
+            group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
+            lrs = {n: group_of[p]["lr"] for n, p in held.items()}
+            decay = {n: lrs[n] * group_of[p]["weight_decay"] for n, p in held.items()
+                     if group_of[p].get("weight_decay", 0) > 0}
+            chip.last_pulses = chip.write_outer(terms, lrs, step, decay)
+        elif isinstance(optimizer, Lion) and chip.config.write == "sign_pulse":
             updates = optimizer.sign_updates()
             on_chip = {n: updates.pop(p) for n, p in held.items() if p in updates}
             optimizer.step(updates=updates)  # digital parameters only; the momentum of all
@@ -110,9 +127,22 @@ class AnalogTwin(DigitalTwin):
         held = set(chip.arrays)
         self.constraints.matrices = [(n, p) for n, p in self.constraints.matrices if n not in held]
 
+    def ep_grads(self, x, y, x_in, free, adjoint) -> dict[str, torch.Tensor]:
+        """`learning: local`: the local rule from the measured rates (module docstring); else the
+        co-processor's vector-field estimator at the chip's effective conductances."""
+        cfg = self.chip.config
+        if cfg.learning != "local":
+            return super().ep_grads(x, y, x_in, free, adjoint)
+        update = local_update(self.model, x_in, free.z, adjoint, self.ep_config, cfg.local_update,
+                              self.backend.nudge_gain(y))
+        if cfg.write == "outer_product":
+            self.writer.terms = update.terms
+            return dict(update.biases)
+        return update.grads()
+
     @torch.no_grad()
-    def evaluate(self, batches) -> float:
-        """Mean loss at the free phase's evaluated state (the circuit's own settles when set).
+    def evaluate_metrics(self, batches) -> tuple[float, float]:
+        """(mean loss, accuracy) at the free phase's evaluated state (the circuit's own settles when set).
 
         Evaluation draws its read noise and circuit noise from generators of its own, seeded
         afresh for every evaluation from the twin's seed: it never moves the training streams (so
@@ -124,6 +154,6 @@ class AnalogTwin(DigitalTwin):
         self.chip.noise = training_noise.fork(torch.Generator().manual_seed(seed))
         self.generator = torch.Generator().manual_seed(seed + 1)
         try:
-            return super().evaluate(batches)
+            return super().evaluate_metrics(batches)
         finally:
             self.chip.noise, self.generator = training_noise, training_generator

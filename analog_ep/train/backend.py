@@ -88,6 +88,10 @@ class DigitalBackend:
     def cost(self, model, free: FreePhase, adjoint: Adjoint | None, pulses: int, rounds: int) -> StepCosts:
         return StepCosts(settle_time=None, energy=None)
 
+    def nudge_gain(self, y: torch.Tensor) -> float:
+        """What the nudge multiplies the batch-mean loss's gradient by (1: the batch-mean nudge)."""
+        return 1.0
+
 
 class CircuitBackend:
     """Measured settles of a circuit; see module docstring. `load` gives what the chip's arrays
@@ -108,6 +112,11 @@ class CircuitBackend:
                 generator: torch.Generator | None) -> Adjoint:
         return circuit_adjoint(model, x_in, y, free.settle, self.solver, self.settle_config, self.ep_config,
                                generator, self.reads)
+
+    def nudge_gain(self, y: torch.Tensor) -> float:
+        """What the nudge multiplies the batch-mean loss's gradient by: the token count for a
+        per-token nudge (`SettleConfig.nudge_per_token`), else 1."""
+        return float(y.numel()) if self.settle_config.nudge_per_token else 1.0
 
     def cost(self, model, free: FreePhase, adjoint: Adjoint | None, pulses: int, rounds: int) -> StepCosts:
         cfg, s = self.energy_config, self.settle_config
@@ -151,6 +160,9 @@ def check_backend(cfg, explicit: frozenset[str] | None = None) -> None:
 
     if "analog" not in cfg.train.twins:
         return
+    if cfg.chip.learning == "local" and cfg.model.kind != "mlp":
+        raise ConfigError("chip.learning", cfg.chip.learning, f"local learning is realised for the MLP, not for "
+                          f"model.kind {cfg.model.kind}", "use chip.learning: coprocessor")
     explicit = explicit_keys(cfg) if explicit is None else explicit
     # A key restated at its default is the default (a `validate --show` dump restates every key).
     defaults = EPConfig()

@@ -61,6 +61,8 @@ class StepRecord:
     latency: float = 0.0
     """Estimated wall time of the step on the chip: settles, sampling, writes (s; analog twin on a
     circuit)."""
+    accuracy: float = float("nan")
+    """Fraction of the batch's predictions (argmax of the logits at the free state) that are right."""
 
 
 class ParameterWriter:
@@ -117,13 +119,14 @@ class DigitalTwin:
         free = backend.free(model, x_in, self.generator)
         with torch.no_grad():
             loss = float(model.loss(free.z_eval, y))
+            accuracy = float((model.logits(free.z_eval).argmax(-1) == y).double().mean())
         skipped = self.stab.gate > 0 and free.residual_gate > self.stab.gate
         grads: dict[str, torch.Tensor] = {}
         evals, adjoint = free.force_evals, None
         if not skipped:
             if self.gradient == "ep":
                 adjoint = backend.adjoint(model, x_in, y, free, self.generator)
-                grads = vector_field_gradient(model, x, y, free.z, adjoint.a, backend.reads)
+                grads = self.ep_grads(x, y, x_in, free, adjoint)
                 evals += adjoint.force_evals + 1
             elif self.gradient == "bptt":
                 grads, _ = bptt_gradient(model, x, y, self.relax_config.steps, self.relax_config.eps)
@@ -136,7 +139,11 @@ class DigitalTwin:
         costs = backend.cost(model, free, adjoint, self.writer.pulses, self.writer.rounds)
         self.last_cost = costs.detail
         return StepRecord(loss, free.residual, evals, norm, weight, skipped, costs.settle_time, costs.energy,
-                          free.verdict, self.writer.pulses, costs.latency)
+                          free.verdict, self.writer.pulses, costs.latency, accuracy)
+
+    def ep_grads(self, x: torch.Tensor, y: torch.Tensor, x_in: torch.Tensor, free, adjoint) -> dict[str, torch.Tensor]:
+        """The EP gradient from the phases: the vector-field estimator reading the backend's `reads`."""
+        return vector_field_gradient(self.model, x, y, free.z, adjoint.a, self.backend.reads)
 
     def stabilize(self, grads: dict[str, torch.Tensor], x_in: torch.Tensor, z: torch.Tensor,
                   z_budget: torch.Tensor, residual: float, skipped: bool, step: int) -> float:
@@ -193,16 +200,22 @@ class DigitalTwin:
             self.scheduler.step()
 
     # ---- evaluation --------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """Mean loss at the free phase's evaluated state (the T1 state; a circuit's sample) over fixed
-        batches (with the EMA weights when enabled)."""
-        def run() -> float:
-            total = 0.0
+        """Mean loss at the free phase's evaluated state over fixed batches (`evaluate_metrics`)."""
+        return self.evaluate_metrics(batches)[0]
+
+    @torch.no_grad()
+    def evaluate_metrics(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+        """(mean loss per batch, accuracy over all samples) at the free phase's evaluated state (the
+        T1 state; a circuit's sample) over fixed batches (with the EMA weights when enabled)."""
+        def run() -> tuple[float, float]:
+            total, correct, count = 0.0, 0, 0
             for x, y in batches:
                 free = self.backend.free(self.model, self.model.drive(x), self.generator)
                 total += float(self.model.loss(free.z_eval, y))
-            return total / len(batches)
+                correct += int((self.model.logits(free.z_eval).argmax(-1) == y).sum())
+                count += y.numel()
+            return total / len(batches), correct / count
 
         if self.ema is None:
             return run()

@@ -75,9 +75,10 @@ class Anderson(Solver):
         x = state.z.reshape(B, -1)  # (B, D): flatten each sample's state
         r = self.eps * term(state.z).reshape(B, -1)  # G(x) - x
         res_each = r.norm(dim=1) / (x.norm(dim=1) + 1e-12)
+        past_x, past_r = state.memory[:2] if state.memory else ((), ())
         if bool((res_each <= self.tol).all()):
-            return replaced(state, converged=True)
-        past_x, past_r = state.memory or ((), ())
+            # the global residual of this very state, so that `residual` costs no evaluation
+            return replaced(state, converged=True, memory=(past_x, past_r, float(r.norm() / (x.norm() + 1e-12))))
         X, R = (*past_x, x)[-(self.memory + 1):], (*past_r, r)[-(self.memory + 1):]  # history, oldest first
         damping = self.damping
         if len(R) == 1:
@@ -97,6 +98,8 @@ class Anderson(Solver):
         return replaced(state, z=x_new.reshape(shape), t=state.t + 1, steps=state.steps + 1, memory=(X, R))
 
     def residual(self, term: Term, state: State) -> float:
+        if state.converged and len(state.memory) == 3:  # measured by the step that found convergence
+            return state.memory[2]
         return float((self.eps * term(state.z)).norm() / (state.z.norm() + 1e-12))
 
 

@@ -60,7 +60,9 @@ REFERENCE_NAMES = {
     "W_fc": "fc", "b_fc": "fcb", "W_proj": "pj", "b_proj": "pjb", "W_head": "Wh",
 }
 #: Our fastest settings (--fast): Anderson free phase to residual 1e-4 in at most 25 evaluations
-#: (memory 10: measured with --levers), then the linear nudge, at most 12 products to 1e-3.
+#: (memory 10), then the linear nudge, at most 12 products to 1e-3. Not yet fit for purpose:
+#: measured on the 25-step settled operator, undamped Anderson did not converge (residual 0.106
+#: after 26 evaluations, cos to BPTT 0.014); it needs damping or an Euler fallback (README).
 FAST_RELAX = RelaxConfig(method="anderson", eps=0.1, steps=25, anderson_memory=10, anderson_tol=1e-4)
 FAST_EP = EPConfig(beta=0.02, steps=12, eps=0.1, centered=True, aep="frozen", nudge="linear", nudge_tol=1e-3)
 

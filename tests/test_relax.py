@@ -101,3 +101,15 @@ def test_bad_config_raises(kwargs):
     with pytest.raises(ConfigError) as exc:
         RelaxConfig(**kwargs)
     assert exc.value.key == next(iter(kwargs))
+
+
+def test_anderson_residual_check_costs_no_evaluation():
+    """A converged Anderson phase reports the residual its last step measured: one evaluation per
+    iteration and none more, and the residual is that of the returned state."""
+    model, x_in = block(torch.float64)
+    force = lambda z: model.force(z, x_in)  # noqa: E731
+    r = relax(force, x_in, RelaxConfig(method="anderson", steps=500, anderson_tol=1e-8))
+    print(f"\nAnderson to 1e-8: {r.steps} iterations, {r.force_evals} evaluations, residual {r.residual:.2e}")
+    assert r.steps < 500
+    assert r.force_evals == r.steps + 1  # the last evaluation found convergence and moved nothing
+    assert r.residual == pytest.approx(relative_residual(force, r.z, 0.1), rel=1e-9)

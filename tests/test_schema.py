@@ -10,7 +10,9 @@ e_detector added - optical_128's from its circuit file; rc_crossbar's integrator
 then when the MLP came to the CLI (issue 9: model.kind 'transformer' and data.kind 'text' added to
 every transformer chip; chip.learning 'coprocessor', chip.local_update, chip.pulse_bits,
 chip.bl_management, chip.update_management added with their defaults; no other key moved; the MLP
-chips ideal_mlp_digits and rram_mlp_digits captured new), and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
+chips ideal_mlp_digits and rram_mlp_digits captured new),
+and when the linear nudge was added (ep.nudge: nonlinear and ep.nudge_tol: 0.001 added to every
+file, issue 11; no other key moved), and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
 shipped chip file, fails here: if it is meant, regenerate the file from `validate --show` and say so.
 """
 from __future__ import annotations

@@ -45,7 +45,7 @@ from analog_ep.errors import check
 from analog_ep.linear import antisymmetric, linearize, weight_leaves
 from analog_ep.model.base import EquilibriumModel
 from analog_ep.phase import Fixed, SelectSettled, Term, solve
-from analog_ep.relax.solvers import Euler, Relaxation, RelaxConfig, relax
+from analog_ep.relax.solvers import Anderson, Euler, Relaxation, RelaxConfig, relax
 from analog_ep.schema.estimator import AEP_MODES, EPConfig  # noqa: F401  (re-exported)
 
 
@@ -127,10 +127,13 @@ class Adjoint:
     force_evals: int
     """Force evaluations of B samples spent in the nudged phases."""
     jacobian_products: int = 0
-    """Jacobian-vector and vector-Jacobian products (B samples each) of the AEP correction."""
+    """Jacobian-vector and vector-Jacobian products (B samples each): the AEP correction's, or the
+    linear nudge's."""
     phases: list = field(default_factory=list)
     """What each restart's nudged phase delivered besides the contrast: a circuit its `Settle`, the
     digital phase its stacked nudged states (n_points*B, ...)."""
+    linearizations: int = 0
+    """Linearisations built (each costs about one force evaluation: the closed form's slopes)."""
 
 
 def _per_point_norm(t: torch.Tensor, points: int) -> torch.Tensor:
@@ -255,6 +258,10 @@ def estimate_adjoint(model: EquilibriumModel, x_in: torch.Tensor, y: torch.Tenso
     each of the `restarts` phases is averaged, then divided by `gain` (back to the batch-mean loss's
     gradient).
     """
+    if config.nudge == "linear":
+        check(run_phase is None, "nudge", config.nudge, "a circuit settles the nonlinear nudged dynamics",
+              "use ep.nudge: nonlinear on an analog twin")
+        return linear_adjoint(model, x_in, y, z_star, config, reads, gain)
     points = NudgePoints.from_config(config)
     if points.complex and not model.analytic:
         check(False, "holomorphic", config.holomorphic,
@@ -271,8 +278,67 @@ def estimate_adjoint(model: EquilibriumModel, x_in: torch.Tensor, y: torch.Tenso
             total = a if total is None else total + a
             if record is not None:
                 records.append(record)
-    products = term.correction.products if term.correction is not None else 0
-    return Adjoint(total / (config.restarts * gain), steps_used, term.evals * points.count, products, records)
+    correction = term.correction
+    products = correction.products if correction is not None else 0
+    built = 0 if correction is None else (1 if correction.mode == "frozen" else term.evals)
+    return Adjoint(total / (config.restarts * gain), steps_used, term.evals * points.count, products, records,
+                   linearizations=built)
+
+
+#: Past iterates Anderson mixes in the linear nudge: the linear response converges like restarted
+#: GMRES(m), so a longer memory than the free phase's pays (measured on the settled research block:
+#: bench/ep_step.py --levers).
+LINEAR_NUDGE_MEMORY = 10
+
+
+class ForceLinearization:
+    """J v and J^T u of the whole force at z*: the model's closed-form non-conservative products
+    minus the leak when the force is x_in - leak z + F_nc(z) (the thick block), else autograd."""
+
+    def __init__(self, model: EquilibriumModel, x_in: torch.Tensor, z: torch.Tensor, reads: str):
+        self.leak = model.leak
+        closed = getattr(model, "config", None) is not None and getattr(model.config, "mode", "") == "thick"
+        self.nc = linearize(model, x_in, z, part="nc", reads=reads) if closed else None
+        if self.nc is None or not hasattr(self.nc, "probs"):  # no closed form: autograd on the whole force
+            self.nc, self.leak = linearize(model, x_in, z, part="force", reads=reads), 0.0
+
+    @property
+    def products(self) -> int:
+        return self.nc.products
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        return self.nc.jvp(v).sub_(v, alpha=self.leak) if self.leak else self.nc.jvp(v)
+
+    def vjp(self, u: torch.Tensor) -> torch.Tensor:
+        return self.nc.vjp(u).sub_(u, alpha=self.leak) if self.leak else self.nc.vjp(u)
+
+
+def linear_adjoint(model: EquilibriumModel, x_in: torch.Tensor, y: torch.Tensor, z_star: torch.Tensor,
+                   config: EPConfig, reads: str = "parameters", gain: float = 1.0) -> Adjoint:
+    """The linear nudge (`EPConfig.nudge = 'linear'`): the nudged phases' beta -> 0 limit.
+
+    Around z*, the nudged dynamics z' = F(z) - beta g(z) - corr(z) move v = z - z* as
+    v' = J~ v - beta g(z*) + O(beta v, |v|^2), with J~ = J - (J_nc - J_nc^T) = J^T when the AEP
+    correction is on (J without it). The centred contrast -(v+ - v-) / (2 beta) then follows
+    a' = J~ a + g exactly: one product per step for both signs. Anderson mixing of
+    a <- a + eps (J~ a + g) (per sample, `LINEAR_NUDGE_MEMORY` iterates) replaces the Euler
+    transient; it stops when every sample's step is <= `nudge_tol` of its |a|, or after `steps`
+    products. Its fixed point J~ a = -g is the equilibrium adjoint (`analog_ep.estimator.exact`).
+    It evaluates no force: its cost is `jacobian_products` and one linearisation. (`gain`
+    only rescales a circuit's nudge, which this digital limit does not have.)
+    """
+    with torch.no_grad():
+        g = model.loss_grad(z_star, y)
+        tokens = y.numel()
+        if config.nudge_clip > 0:  # the nudge's own bound (NudgedTerm), at the batch-mean scale
+            g = g.clamp(-config.nudge_clip / tokens, config.nudge_clip / tokens)
+    transpose = model.has_nc_force and config.aep != "none"
+    op = ForceLinearization(model, x_in, z_star, reads)
+    product = op.vjp if transpose else op.jvp
+    term = Term(lambda a: product(a).add_(g))
+    solver = Anderson(config.eps, LINEAR_NUDGE_MEMORY, config.nudge_tol)
+    phase = solve(term, solver, solver.init(term, torch.zeros_like(z_star)), Fixed(config.steps))
+    return Adjoint(phase.state.z, phase.state.steps, 0, term.evals, linearizations=1)
 
 
 def vector_field_gradient(model: EquilibriumModel, x: torch.Tensor, y: torch.Tensor, z_star: torch.Tensor,
@@ -318,6 +384,14 @@ class EPResult:
 
     def __post_init__(self):
         self.force_evals = self.free.force_evals + self.adjoint.force_evals + 1
+
+    @property
+    def equivalents(self) -> int:
+        """The step's cost in force-evaluation equivalents: a force evaluation of B samples counts
+        1, a Jacobian-vector or vector-Jacobian product 2 (the AEP correction's and the linear
+        nudge's products, and the final vector-field gradient), a linearisation 1."""
+        a = self.adjoint
+        return self.free.force_evals + a.force_evals + 2 * a.jacobian_products + a.linearizations + 2
 
 
 def ep_gradient(model: EquilibriumModel, x: torch.Tensor, y: torch.Tensor, relax_config: RelaxConfig,

@@ -71,32 +71,43 @@ class Anderson(Solver):
         self.eps, self.memory, self.tol, self.damping = eps, memory, tol, damping
 
     def step(self, term: Term, state: State, generator=None) -> State:
+        # memory: (x, r) of the previous iterate and the differences of the last `memory` ones,
+        # dX and dR (B, m, D), oldest first: each step appends one row instead of re-differencing
+        # the whole history (the columns' order does not change the least-squares mix).
         shape, B = state.z.shape, state.z.shape[0]
         x = state.z.reshape(B, -1)  # (B, D): flatten each sample's state
         r = self.eps * term(state.z).reshape(B, -1)  # G(x) - x
         res_each = r.norm(dim=1) / (x.norm(dim=1) + 1e-12)
+        history = state.memory[:4] if state.memory else (None, None, None, None)
         if bool((res_each <= self.tol).all()):
-            return replaced(state, converged=True)
-        past_x, past_r = state.memory or ((), ())
-        X, R = (*past_x, x)[-(self.memory + 1):], (*past_r, r)[-(self.memory + 1):]  # history, oldest first
+            # the global residual of this very state, so that `residual` costs no evaluation
+            return replaced(state, converged=True, memory=(*history, float(r.norm() / (x.norm() + 1e-12))))
+        x_prev, r_prev, dX, dR = history
         damping = self.damping
-        if len(R) == 1:
+        if x_prev is None:
             x_new = x + damping * r
         else:
-            dR = torch.stack([R[i + 1] - R[i] for i in range(len(R) - 1)], dim=2)  # (B, D, m)
-            dX = torch.stack([X[i + 1] - X[i] for i in range(len(X) - 1)], dim=2)
-            # Least squares min ||r - dR gamma|| via regularised normal equations, batched.
-            gram = dR.transpose(1, 2) @ dR  # (B, m, m)
+            keep = self.memory - 1
+            dx, dr = (x - x_prev).unsqueeze(1), (r - r_prev).unsqueeze(1)  # (B, 1, D)
+            dX = dx if dX is None else torch.cat([dX[:, -keep:] if keep else dX[:, :0], dx], dim=1)  # (B, m, D)
+            dR = dr if dR is None else torch.cat([dR[:, -keep:] if keep else dR[:, :0], dr], dim=1)
+            # Least squares min ||r - dR^T gamma|| via regularised normal equations, batched.
+            gram = dR @ dR.transpose(1, 2)  # (B, m, m)
             # Tikhonov term above the dtype's resolution: a rank-deficient history stays solvable.
             tiny = 100 * torch.finfo(gram.dtype).eps
             reg = tiny * gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-30)[:, None, None]
             eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-            gamma, info = torch.linalg.solve_ex(gram + reg * eye, dR.transpose(1, 2) @ r.unsqueeze(2))
+            gamma, info = torch.linalg.solve_ex(gram + reg * eye, dR @ r.unsqueeze(2))  # (B, m, 1)
             gamma = torch.where((info == 0)[:, None, None], gamma, torch.zeros_like(gamma))  # plain step
-            x_new = x + damping * r - ((dX + damping * dR) @ gamma).squeeze(2)
-        return replaced(state, z=x_new.reshape(shape), t=state.t + 1, steps=state.steps + 1, memory=(X, R))
+            mix = gamma.transpose(1, 2) @ (dX + damping * dR) if damping != 1 else \
+                gamma.transpose(1, 2) @ dX + gamma.transpose(1, 2) @ dR  # (B, 1, D)
+            x_new = x + damping * r - mix.squeeze(1)
+        return replaced(state, z=x_new.reshape(shape), t=state.t + 1, steps=state.steps + 1,
+                        memory=(x, r, dX, dR))
 
     def residual(self, term: Term, state: State) -> float:
+        if state.converged and len(state.memory) == 5:  # measured by the step that found convergence
+            return state.memory[4]
         return float((self.eps * term(state.z)).norm() / (state.z.norm() + 1e-12))
 
 

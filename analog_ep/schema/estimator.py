@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from analog_ep.errors import check
 
 AEP_MODES = ("none", "frozen", "tracking")
+NUDGES = ("nonlinear", "linear")
 
 
 @dataclass
@@ -42,11 +43,27 @@ class EPConfig:
     Digital phases only: a circuit's settle monitor is its adaptive T2."""
     select_every: int = 5
     """Adaptive T2: steps between contrast snapshots."""
+    nudge: str = "nonlinear"
+    """'nonlinear': the nudged phases follow the nudged dynamics at +-beta (or the holomorphic
+    points), what a chip does. 'linear': the digital twin's fast estimator, their beta -> 0 limit:
+    the linear response a' = J~ a + g at z* (J~ = J^T with the AEP correction on, J without it; g the
+    nudge's loss gradient, clipped as the nudge clips it), one product per step shared by both
+    signs of beta (the +- phases are exactly antisymmetric there), accelerated by Anderson mixing
+    and stopped at `nudge_tol`, at most `steps` products. It has no beta, no fp32 cancellation in the
+    contrast and no beta^2 bias, and needs the operator's transpose: digital twins only (a chip
+    does not know its Jacobian), and the correction's clip does not apply."""
+    nudge_tol: float = 1e-3
+    """'linear' nudge: stop when every sample's relative step ||eps (J~ a + g)|| / ||a|| is <= this."""
     restarts: int = 1
     """K: average the contrast of K independent nudges (reduces hardware noise by sqrt(K)); on a
     circuit, K nudged settles from the same free state, each costing its time and energy."""
 
     def __post_init__(self):
+        check(self.nudge in NUDGES, "nudge", self.nudge, "unknown nudge", f"use one of {', '.join(NUDGES)}")
+        check(self.nudge_tol > 0, "nudge_tol", self.nudge_tol, "must be > 0")
+        check(self.nudge == "nonlinear" or (self.holomorphic == 0 and self.select_cap == 0 and self.restarts == 1),
+              "nudge", self.nudge, "the linear nudge has no nudge points, snapshots or restarts",
+              "set holomorphic: 0, select_cap: 0 and restarts: 1, or nudge: nonlinear")
         check(self.aep in AEP_MODES, "aep", self.aep, "unknown AEP mode", f"use one of {', '.join(AEP_MODES)}")
         check(self.beta > 0, "beta", self.beta, "nudge strength must be > 0")
         check(self.steps >= 1, "steps", self.steps, "T2 must be >= 1")

@@ -181,6 +181,10 @@ def check_backend(cfg, explicit: frozenset[str] | None = None) -> None:
     if "ep.aep" in explicit and ep.aep == "tracking":
         refuse("ep.aep", ep.aep, "linearises the AEP correction once, at the sampled free state (a "
                "co-processor sees samples, not the moving nodes)", "use ep.aep: frozen or none")
+    if ep.nudge == "linear":
+        refuse("ep.nudge", ep.nudge, "settles the nonlinear nudged dynamics (the linear nudge needs the "
+               "operator's transpose, which a chip does not know)",
+               "use ep.nudge: nonlinear, or train the digital twin alone (train.twins: [digital])")
     if "ep.holomorphic" in explicit and ep.holomorphic:
         refuse("ep.holomorphic", ep.holomorphic, "settles real node voltages", "use ep.holomorphic: 0")
     if not ({"ep.steps", "ep.eps"} & explicit):

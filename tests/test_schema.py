@@ -7,7 +7,9 @@ defaults moved out of `RunConfig`'s factories into the dataclasses (with `circui
 (chip.cycle_noise, train.checkpoint_every, stabilizers.diverge_*, abort_patience 100 -> 20; no
 other key moved), and again when the circuit work landed (circuit.energy.p_laser, e_modulator,
 e_detector added - optical_128's from its circuit file; rc_crossbar's integrator euler -> exp_euler),
-and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
+and when on-chip learning landed (chip.learning, which every shipped chip sets to coprocessor, and
+chip.periphery_backward, all null: transposed reads inherit the forward converters; no other key
+moved), and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
 shipped chip file, fails here: if it is meant, regenerate the file from `validate --show` and say so.
 """
 from __future__ import annotations

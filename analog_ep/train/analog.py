@@ -55,6 +55,7 @@ class ChipWriter:
         chip, optimizer, step = self.chip, twin.optimizer, twin.current_step
         held = {n: p for n, p in twin.model.named_parameters() if chip.holds(n)}
         if isinstance(optimizer, Lion) and chip.config.write == "sign_pulse":
+            # trust_ratio reads ||W||: refused under chip.learning: local (`check_backend`)
             updates = optimizer.sign_updates()
             on_chip = {n: updates.pop(p) for n, p in held.items() if p in updates}
             optimizer.step(updates=updates)  # digital parameters only; the momentum of all
@@ -63,9 +64,23 @@ class ChipWriter:
             if twin.optim_config.trust_ratio:
                 counts = {n: max(1, round(lr / chip.step_size[n])) for n, (_, lr) in on_chip.items()}
             group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
-            decay = {n: group_of[p]["lr"] * group_of[p]["weight_decay"] for n, p in held.items()
-                     if n in on_chip and group_of[p]["weight_decay"] > 0}
+            decay = {n: group_of[p]["lr"] * twin.optim_config.weight_decay for n, p in held.items()
+                     if n in on_chip and twin.optim_config.weight_decay > 0}
             chip.last_pulses = chip.write(deltas, step, counts, decay)
+        elif chip.local:
+            # The held matrices are not known: the optimizer steps them from zero (their group has
+            # no weight decay), so what it leaves there is the update itself; the controller writes
+            # the decay (owed fraction, pulses toward zero).
+            with torch.no_grad():
+                for p in held.values():
+                    p.zero_()
+            optimizer.step()
+            deltas = {n: p.detach().clone() for n, p in held.items()}
+            lr = next(g["lr"] for g in optimizer.param_groups if any(p is q for q in g["params"]
+                                                                    for p in held.values()))
+            decay = {n: lr * twin.optim_config.weight_decay for n in held} \
+                if twin.optim_config.weight_decay > 0 else None
+            chip.last_pulses = chip.write(deltas, step, decay=decay)  # refresh() rewrites the mirrors
         else:
             before = {n: p.detach().clone() for n, p in held.items()}
             optimizer.step()
@@ -99,16 +114,25 @@ class AnalogTwin(DigitalTwin):
                  energy: EnergyConfig | None = None, **kwargs):
         kwargs["ema"] = 0.0  # an average of device states is not something a chip can hold
         model = copy.deepcopy(model)  # the twin owns its weights; the caller's model stays digital
-        chip = AnalogChip(model, chip_config)
+        self.chip = chip = AnalogChip(model, chip_config)
+        reads = "tiles" if chip.local else "chip"
         if circuit is None:
-            backend = DigitalBackend(relax_config, ep_config, reads="chip")
+            backend = DigitalBackend(relax_config, ep_config, reads=reads)
         else:
             backend = CircuitBackend(circuit, settle or SettleConfig(), energy or EnergyConfig(), ep_config,
-                                     reads="chip", load=chip.load)
+                                     reads=reads, load=chip.load)
         super().__init__(model, relax_config, ep_config, *args, backend=backend, writer=ChipWriter(chip), **kwargs)
-        self.chip = chip
         held = set(chip.arrays)
         self.constraints.matrices = [(n, p) for n, p in self.constraints.matrices if n not in held]
+
+    def optimizer_groups(self):
+        """Local learning: the held matrices in a group of their own without weight decay (the
+        chip's controller writes it, `ChipWriter`); otherwise one group, as the digital twin."""
+        if not self.chip.local:
+            return super().optimizer_groups()
+        held = [p for n, p in self.model.named_parameters() if self.chip.holds(n)]
+        ids = {id(p) for p in held}
+        return [{"params": [p for p in self.params if id(p) not in ids]}, {"params": held, "weight_decay": 0.0}]
 
     @torch.no_grad()
     def evaluate(self, batches) -> float:

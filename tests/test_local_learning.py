@@ -217,11 +217,12 @@ def poison(twin) -> None:
     twin.chip._effective.update({n: torch.full(a.shape, float("nan")) for n, a in twin.chip.arrays.items()})
 
 
-@pytest.mark.parametrize("optimizer,write", [("lion", "sign_pulse"), ("adamw", "quantized")])
-def test_a_local_step_reads_no_conductance(optimizer, write):
+@pytest.mark.parametrize("optimizer,write,steps", [("lion", "sign_pulse", 2), ("adamw", "quantized", 1)])
+def test_a_local_step_reads_no_conductance(optimizer, write, steps):
+    # jacreg on, frozen AEP, a circuit, weight decay: every reader of the weights in a step
     corpus, clean = local_twin(optimizer, write)
     _, poisoned = local_twin(optimizer, write)
-    batches = [corpus.batch("train", 8, torch.Generator().manual_seed(s)) for s in range(2)]
+    batches = [corpus.batch("train", 8, torch.Generator().manual_seed(s)) for s in range(steps)]
     for step, (x, y) in enumerate(batches, 1):
         poison(poisoned)
         rc, rp = clean.step(x, y, step), poisoned.step(x, y, step)

@@ -302,3 +302,20 @@ def test_local_learning_refuses_what_it_cannot_know():
         load_config(str(ROOT / "chips" / "rram_512.yaml"), ["chip.learning=on_chip"])
     with pytest.raises(ConfigError, match="adc_bits"):
         load_config(str(ROOT / "chips" / "rram_512.yaml"), ["chip.periphery_backward.adc_bits=1"])
+
+
+def test_the_update_reads_and_the_readout_cost_what_the_model_says():
+    from analog_ep.circuit.energy import ChipLoad, EnergyConfig, StepCost, readout_cost, update_read_cost
+
+    cfg = EnergyConfig(v_read=0.2, e_adc=2e-12, t_adc=1e-8, e_detector=5e-14, e_modulator=3e-14)
+    load = ChipLoad(conductance=1e-2, rows=100, cols=60, devices=3000, tallest=50)
+    cost = StepCost()
+    update_read_cost(cost, cfg, load, vectors=5, products=4)  # the gradient's reads + 2 pairs of AEP products
+    conversions = 5 * (100 + 60) * 3
+    assert math.isclose(cost.update_read_j, (2e-12 + 5e-14) * conversions + 3e-14 * conversions)
+    assert math.isclose(cost.update_read_s, 1e-8 * 6) and cost.readout_j == 0
+    readout_cost(cost, cfg, load)
+    assert math.isclose(cost.readout_j, (2e-12 + 5e-14) * 3000 + 3e-14 * 100 + 0.04 * 1e-2 * 1e-8)
+    assert math.isclose(cost.readout_s, 50e-8)
+    assert math.isclose(cost.energy_j, cost.update_read_j + cost.readout_j)
+    assert math.isclose(cost.latency_s, 6e-8 + 50e-8)

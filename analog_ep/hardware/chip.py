@@ -7,10 +7,14 @@ chip's DAC/ADC, read noise, optical noise, weight quantisation and static mismat
 
 Once per training step `refresh()` reads every tile's conductances (one aihwkit read per tile),
 applies the static non-idealities and caches the result, so the many products of a relaxation
-are vectorised torch ops. `effective_weights()` hands those deterministic effective conductances
-(model units) to the digital co-processor's linear algebra when it reads the chip
-(`analog_ep.linear`, reads='chip'); `refresh()` also mirrors them into the model's parameters,
-which the optimizer updates.
+are vectorised torch ops (a simulation device: on a chip the devices are simply there to be read
+through). With `learning: coprocessor` the same read is the co-processor's knowledge:
+`effective_weights()` hands those deterministic effective conductances (model units) to its
+linear algebra (`analog_ep.linear`, reads='chip'), and `refresh()` mirrors them into the model's
+parameters. With `learning: local` nothing in the update path reads them: `read()` (and
+`TileProduct` in autograd) is every product of the estimator, forward reads with `periphery`
+and transposed reads with `periphery_backward`; the mirrors only carry gradients (and
+checkpoints).
 
 Writes take the desired change of each matrix (model units) and realise it through the device:
 'sign_pulse' sends at most one pulse per device per round (Lion's sign update), 'quantized'

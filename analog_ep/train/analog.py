@@ -2,8 +2,9 @@
 
 `AnalogTwin` is a `DigitalTwin` with two components swapped (`analog_ep.train.backend`): it relaxes
 on the chip - every weight product through the chip's periphery, and with a circuit every phase a
-measured settle (`CircuitBackend`) - and the co-processor's linear algebra reads the chip's
-effective conductances (reads='chip'); and it writes through the devices (`ChipWriter`):
+measured settle (`CircuitBackend`) - and the estimator's linear algebra reads the chip's
+effective conductances (reads='chip', `chip.learning: coprocessor`) or only reads through its
+tiles (reads='tiles', `chip.learning: local`); and it writes through the devices (`ChipWriter`):
 
 * Lion with 'sign_pulse' writes: each held matrix receives Lion's sign update as at most one
   fixed-amplitude pulse per device, so its effective learning rate is the pulse step
@@ -15,6 +16,10 @@ effective conductances (reads='chip'); and it writes through the devices (`ChipW
 * Any other optimizer (or 'quantized'/'ideal' writes): the optimizer's digital step is computed,
   weight decay included, and its change of each held matrix is written through the chip
   (stochastically rounded to pulses, or exact).
+
+With `chip.learning: local` the held matrices are unknown to the writer: the optimizer steps them
+from zero (in a parameter group without weight decay), its result is the update, and weight
+decay is written by the chip's controller as for Lion's signs (`AnalogChip.write(decay=...)`).
 
 Evaluation draws its read noise and circuit noise from generators of its own (`AnalogTwin.evaluate`).
 
@@ -138,7 +143,11 @@ class AnalogTwin(DigitalTwin):
     def evaluate(self, batches) -> float:
         """Mean loss at the free phase's evaluated state (the circuit's own settles when set).
 
-        Evaluation draws its read noise and circuit noise from generators of its own, seeded
+        With `chip.learning: local` the held matrices are unknown to the writer: the optimizer steps them
+from zero (in a parameter group without weight decay), its result is the update, and weight
+decay is written by the chip's controller as for Lion's signs (`AnalogChip.write(decay=...)`).
+
+Evaluation draws its read noise and circuit noise from generators of its own, seeded
         afresh for every evaluation from the twin's seed: it never moves the training streams (so
         how often a run evaluates leaves training bit-identical), and every evaluation sees the
         same noise realisation (a function of the weights alone, like the fixed batches).

@@ -24,7 +24,15 @@ What is read (`reads`), always an explicit argument:
   (`AnalogChip.effective_weights`: programmed level x static mismatch gain, in model units); read
   noise, optical noise and the converters are excluded, because a Jacobian of a noisy, quantised
   read is not defined: the operator is that of the chip's mean read. Parameters the chip does
-  not hold (biases, LayerNorms) are the model's.
+  not hold (biases, LayerNorms) are the model's. This is `chip.learning: coprocessor`: a digital
+  co-processor that knows every conductance.
+* 'tiles' - no conductance at all (`chip.learning: local`): every product with a held matrix is
+  a read through the chip's tiles with their periphery, converters, noise, mismatch and levels
+  included (`AnalogChip.read`): J v by forward reads, J^T u by transposed reads
+  (`chip.periphery_backward`), the slopes of LayerNorm, softmax and GELU evaluated on measured
+  activations, and a gradient in theta as the outer products of measured inputs and read-back
+  errors (`analog_ep.hardware.chip.TileProduct`). The model's parameters of held matrices only
+  carry those gradients; their values are never read. Needs a chip built with learning 'local'.
 
 The operator is then the same whatever autograd routing the model does: `linearize` substitutes
 the chosen weights into the model for the products (`EquilibriumModel.substituted`).
@@ -42,7 +50,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs, eigsh
 
 from analog_ep.errors import ConfigError, ConvergenceError, check
 
-READS = ("parameters", "chip")
+READS = ("parameters", "chip", "tiles")
 PARTS = ("force", "nc")
 
 #: Below this many unknowns n products building the dense J cost less than ARPACK's restarts (and
@@ -83,12 +91,17 @@ def operator_weights(model, reads: str) -> dict[str, torch.Tensor]:
     chip = model.hardware
     check(chip is not None, "reads", reads, f"{type(model).__name__} has no chip",
           "build an AnalogChip on the model, or read its parameters")
+    if reads == "tiles":  # the model itself routes every held product through the tiles
+        check(chip.local, "reads", reads, "the chip learns through a co-processor (chip.learning: coprocessor)",
+              "build the chip with learning: local, or read 'chip'")
+        return {}
     return chip.effective_weights()
 
 
 def weight_leaves(model, reads: str, names: list[str]) -> dict[str, torch.Tensor]:
-    """name -> a tensor to differentiate in theta: the parameter itself, or (reads='chip') a fresh
-    leaf holding the chip's effective conductances, for every name in `names`."""
+    """name -> a tensor to differentiate in theta: the parameter itself ('parameters'; 'tiles',
+    where it only carries the gradient of the chip's reads), or (reads='chip') a fresh leaf
+    holding the chip's effective conductances, for every name in `names`."""
     chip_weights = operator_weights(model, reads)
     return {n: chip_weights[n].detach().clone().requires_grad_(True) if n in chip_weights
             else model.get_parameter(n) for n in names}
@@ -191,7 +204,7 @@ def linearize(model, x_in: torch.Tensor, z: torch.Tensor, part: str = "nc", read
     The model's closed form is used when it has one (and `closed_form`, not `differentiable`).
     """
     check(part in PARTS, "part", part, "unknown part", f"use one of {', '.join(PARTS)}")
-    weights = leaves if leaves is not None else operator_weights(model, reads)
+    weights = operator_weights(model, reads) if leaves is None or reads == "tiles" else leaves
     x_in = x_in.detach()
     if part == "nc" and not model.has_nc_force:
         return None

@@ -143,12 +143,15 @@ def test_analog_twin_on_a_circuit_reports_settles_energy_and_learns():
     nodes = 16 * 16 * 32  # batch x context x width
     assert cost["adc_j"] == pytest.approx(spec.energy.e_adc * nodes * s.lockin * (1 + 2))  # free + 2 nudge copies
     sampling = (s.lockin - 1) * max(s.lockin_interval, spec.energy.t_adc) + spec.energy.t_adc
-    assert r.latency == pytest.approx(2 * 4e-8 + 2 * sampling + spec.energy.t_pulse * twin.chip.last_rounds)
-    window = (s.lockin - 1) * s.lockin_interval
     load = twin.chip.load(spec.energy.g_max)
+    readout = spec.energy.t_adc * load.tallest  # the co-processor reads every device, row by row
+    assert r.latency == pytest.approx(2 * 4e-8 + 2 * sampling + readout + spec.energy.t_pulse * twin.chip.last_rounds)
+    window = (s.lockin - 1) * s.lockin_interval
     assert cost["read_j"] == pytest.approx(spec.energy.v_read ** 2 * load.conductance * (4e-8 + window) * (1 + 2),
                                            rel=1e-6)
-    assert r.energy == pytest.approx(sum(cost[k] for k in ("read_j", "adc_j", "write_j")))
+    assert cost["readout_j"] == pytest.approx(spec.energy.e_adc * load.devices
+                                              + spec.energy.v_read ** 2 * load.conductance * spec.energy.t_adc)
+    assert r.energy == pytest.approx(sum(cost[k] for k in ("read_j", "adc_j", "write_j", "readout_j")))
 
 
 def test_the_optical_loop_pays_for_its_lasers_modulators_and_detectors():

@@ -12,7 +12,10 @@ every transformer chip; chip.learning 'coprocessor', chip.local_update, chip.pul
 chip.bl_management, chip.update_management added with their defaults; no other key moved; the MLP
 chips ideal_mlp_digits and rram_mlp_digits captured new),
 and when the linear nudge was added (ep.nudge: nonlinear and ep.nudge_tol: 0.001 added to every
-file, issue 11; no other key moved), and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
+file, issue 11; no other key moved),
+and when on-chip learning landed (chip.learning, which every shipped chip sets to coprocessor, and
+chip.periphery_backward, all null: transposed reads inherit the forward converters; no other key
+moved), and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
 shipped chip file, fails here: if it is meant, regenerate the file from `validate --show` and say so.
 """
 from __future__ import annotations

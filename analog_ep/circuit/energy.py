@@ -15,9 +15,25 @@ its settle time t_settle plus its lock-in window t_window = (lockin - 1) x locki
   matrix, for every token vector), per copy;
 * sampling: e_adc per conversion (nodes x lockin per copy); the conversions of one column run one
   after another, overlapping the lock-in window: (lockin - 1) x max(lockin_interval, t_adc) + t_adc;
-* writing: e_pulse per pulse sent; t_pulse per pulse round (arrays are written in parallel).
+* writing: e_pulse per pulse sent; t_pulse per pulse round (arrays are written in parallel);
+* the update's reads, by who computes the update (`chip.learning`):
+  - 'coprocessor' (`readout_cost`): the co-processor knows every conductance because the chip
+    reads every device once per step - row by row, each row driven for one conversion while its
+    columns convert in parallel, the arrays side by side:
+        E_readout = e_adc x devices + V_read^2 x G_total x t_adc
+                    (+ optical: e_detector x devices + e_modulator x rows),
+        t_readout = t_adc x (rows of the tallest array);
+  - 'local' (`update_read_cost`): no device is read alone, but the estimator's weight products
+    are reads through the tiles: the vector-field gradient reads every array forward and
+    transposed once, and each Jacobian product of the AEP correction reads every array once,
+    forward (J v) or transposed (J^T u), for every token vector:
+        conversions = vectors x (cols x (1 + jvp) + rows x (1 + vjp)), jvp = vjp = products / 2,
+        E = e_adc x conversions (+ optical: e_detector x conversions + e_modulator per input),
+        t = t_adc x (2 + products) (the token vectors' converters work in parallel, as when
+            sampling the nodes; the products one after another).
+  The stabilisers' products (the Jacobian penalty's) are not counted in either mode.
 
-Latency = settle times + sampling times + write rounds (phases run one after another).
+Latency = settle times + sampling times + update reads + write rounds (one after another).
 
 The defaults are order-of-magnitude values for a ReRAM crossbar with SAR ADCs; a circuit file
 overrides them with its own (with sources in its comments).
@@ -39,17 +55,24 @@ class StepCost:
     detector_j: float = 0.0
     adc_j: float = 0.0
     write_j: float = 0.0
+    readout_j: float = 0.0
+    """Reading every device once (chip.learning: coprocessor): the co-processor's knowledge."""
+    update_read_j: float = 0.0
+    """The estimator's reads through the tiles (chip.learning: local)."""
     settle_s: float = 0.0
     adc_s: float = 0.0
     write_s: float = 0.0
+    readout_s: float = 0.0
+    update_read_s: float = 0.0
 
     @property
     def energy_j(self) -> float:
-        return self.read_j + self.laser_j + self.modulator_j + self.detector_j + self.adc_j + self.write_j
+        return (self.read_j + self.laser_j + self.modulator_j + self.detector_j + self.adc_j + self.write_j
+                + self.readout_j + self.update_read_j)
 
     @property
     def latency_s(self) -> float:
-        return self.settle_s + self.adc_s + self.write_s
+        return self.settle_s + self.adc_s + self.write_s + self.readout_s + self.update_read_s
 
     def as_dict(self) -> dict:
         return {**asdict(self), "energy_j": self.energy_j, "latency_s": self.latency_s}
@@ -65,6 +88,10 @@ class ChipLoad:
     """Input lines (rows, waveguides) of every held array, summed."""
     cols: int = 0
     """Output lines (columns, detectors) of every held array, summed."""
+    devices: int = 0
+    """Weights held (one per device, or per differential pair, each read by one conversion)."""
+    tallest: int = 0
+    """Rows of the tallest held array (a row-by-row readout of the arrays side by side)."""
 
 
 def phase_cost(cost: StepCost, config: EnergyConfig, load: ChipLoad, *, settle_time: float, window: float,
@@ -86,3 +113,19 @@ def phase_cost(cost: StepCost, config: EnergyConfig, load: ChipLoad, *, settle_t
 def write_cost(cost: StepCost, config: EnergyConfig, pulses: int, rounds: int) -> None:
     cost.write_j += config.e_pulse * pulses
     cost.write_s += config.t_pulse * rounds
+
+
+def readout_cost(cost: StepCost, config: EnergyConfig, load: ChipLoad) -> None:
+    """Add reading every device once, row by row (chip.learning: coprocessor; module docstring)."""
+    cost.readout_j += ((config.e_adc + config.e_detector) * load.devices + config.e_modulator * load.rows
+                       + config.v_read ** 2 * load.conductance * config.t_adc)
+    cost.readout_s += config.t_adc * load.tallest
+
+
+def update_read_cost(cost: StepCost, config: EnergyConfig, load: ChipLoad, vectors: int, products: int) -> None:
+    """Add the estimator's reads through the tiles (chip.learning: local; module docstring):
+    `vectors` token vectors, `products` Jacobian products of the AEP correction."""
+    conversions = vectors * (load.cols + load.rows) * (1 + products / 2)
+    inputs = vectors * (load.rows + load.cols) * (1 + products / 2)  # each read drives the other side's lines
+    cost.update_read_j += (config.e_adc + config.e_detector) * conversions + config.e_modulator * inputs
+    cost.update_read_s += config.t_adc * (2 + products)

@@ -7,10 +7,14 @@ chip's DAC/ADC, read noise, optical noise, weight quantisation and static mismat
 
 Once per training step `refresh()` reads every tile's conductances (one aihwkit read per tile),
 applies the static non-idealities and caches the result, so the many products of a relaxation
-are vectorised torch ops. `effective_weights()` hands those deterministic effective conductances
-(model units) to the digital co-processor's linear algebra when it reads the chip
-(`analog_ep.linear`, reads='chip'); `refresh()` also mirrors them into the model's parameters,
-which the optimizer updates.
+are vectorised torch ops (a simulation device: on a chip the devices are simply there to be read
+through). With `learning: coprocessor` the same read is the co-processor's knowledge:
+`effective_weights()` hands those deterministic effective conductances (model units) to its
+linear algebra (`analog_ep.linear`, reads='chip'), and `refresh()` mirrors them into the model's
+parameters. With `learning: local` nothing in the update path reads them: `read()` (and
+`TileProduct` in autograd) is every product of the estimator, forward reads with `periphery`
+and transposed reads with `periphery_backward`; the mirrors only carry gradients (and
+checkpoints).
 
 Writes take the desired change of each matrix (model units) and realise it through the device:
 'sign_pulse' sends at most one pulse per device per round (Lion's sign update), 'quantized'
@@ -52,6 +56,38 @@ from analog_ep.schema.hardware import PROGRAMS, WRITES, ChipConfig  # noqa: F401
 
 
 
+class TileProduct(torch.autograd.Function):
+    """y = x @ W (or x @ W^T) read through a chip's tiles, with a gradient a chip can compute.
+
+    Forward: `AnalogChip.matmul` (the periphery's read). Backward: grad_x is a read of the same
+    tiles in the other direction (itself a `TileProduct`, so products of products - a Jacobian
+    penalty's second derivatives - are reads as well), and grad_W = u^T e, the outer product of
+    the measured input u = x and the error e at the output side, summed over the token vectors
+    (for x @ W^T: e^T u). W's value is never read: the carrier only receives its gradient.
+    """
+
+    @staticmethod
+    def forward(x, carrier, chip, name, transpose):
+        return chip.matmul(name, x.detach(), transpose)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, carrier, chip, name, transpose = inputs
+        ctx.save_for_backward(x, carrier)
+        ctx.chip, ctx.name, ctx.transpose = chip, name, transpose
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, carrier = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = ctx.chip.read(ctx.name, grad, carrier, not ctx.transpose)
+        if ctx.needs_input_grad[1]:
+            u, e = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])  # (..., n) -> (vectors, n)
+            grad_w = (e.t() @ u if ctx.transpose else u.t() @ e).to(carrier.dtype)
+        return grad_x, grad_w, None, None, None
+
+
 def device_bounds(device: DeviceConfig) -> tuple[float, float]:
     """Typical (w_min, w_max) a cell can hold, measured by writing far out of range and reading back."""
     tile = AnalogTile(64, 64, device.rpu_config(12345, seeded_noise=True))  # noiseless: bounds only
@@ -85,6 +121,11 @@ class AnalogChip:
         self._conductance: dict[str, float] = {}  # name -> summed conductance, tile units (pairs: both)
         # Per-read noise: seeded from the chip, drawn from a pre-drawn bank (see NoiseSource).
         self.noise = NoiseSource(torch.Generator().manual_seed(config.seed + 1), config.periphery.noise_bank)
+        # Transposed reads (through the columns) use their own converters (`chip.periphery_backward`).
+        self.periphery_backward = config.periphery_backward.resolve(config.periphery)
+        #: Local learning (`chip.learning: local`): every product with a held matrix, in and out of
+        #: autograd, is a read through the tiles (`read`); nothing reads the model's mirror.
+        self.local = config.learning == "local"
         # The write controller's own randomness (stochastic rounding), seeded from the chip.
         self.write_generator = torch.Generator().manual_seed(config.seed + 2)
         self.decay_owed: dict[str, float] = {}  # matrix -> weight-decay fraction not yet written
@@ -202,14 +243,31 @@ class AnalogChip:
         return G, scale
 
     def matmul(self, name: str, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
-        """x @ W (or x @ W^T, a read through the columns) on the crossbar, with its periphery."""
+        """x @ W (or x @ W^T, a read through the columns, with `chip.periphery_backward`'s
+        converters and noise) on the crossbar, with its periphery."""
         arr, G = self.arrays[name], self._G[name]
         if transpose:  # swap the roles of rows and columns, tile by tile (cached until the next read)
             G = self._GT.get(name)
             if G is None:
                 G = self._GT[name] = self._G[name].permute(1, 0, 3, 2).contiguous()
         out = arr.shape[0] if transpose else arr.shape[1]
-        return analog_matmul(x, G.to(x.dtype), arr.scale, self.config.periphery, out, self.noise)
+        periphery = self.periphery_backward if transpose else self.config.periphery
+        return analog_matmul(x, G.to(x.dtype), arr.scale, periphery, out, self.noise)
+
+    def read(self, name: str, x: torch.Tensor, carrier: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """x @ W (or x @ W^T) read through the tiles, differentiable without knowing W (local learning).
+
+        Outside autograd it is `matmul`. Inside, `TileProduct`: the gradient reaching the input is a
+        read in the other direction (an error carried back across the crossbar by a transposed
+        read, as aihwkit's `tile.backward`), and the gradient of the matrix is the outer product
+        of the measured input and that error, delivered to `carrier` (the model's parameter, whose
+        value is never read: only its shape and dtype).
+        """
+        check(not x.is_complex(), name, "complex state", "a chip reads real signals",
+              "use a real estimator (ep.holomorphic: 0) with chip.learning: local")
+        if torch.is_grad_enabled() and (x.requires_grad or carrier.requires_grad):
+            return TileProduct.apply(x, carrier, self, name, transpose)
+        return self.matmul(name, x, transpose)
 
     # ---- writes ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -304,11 +362,13 @@ class AnalogChip:
 
     def load(self, g_max: float) -> ChipLoad:
         """What the held arrays present to a phase: every device's conductance summed (S; a device at
-        the top of its range conducts g_max; a differential pair counts both devices, G+ + G-) and
-        their input and output lines."""
+        the top of its range conducts g_max; a differential pair counts both devices, G+ + G-),
+        their input and output lines, the weights held and the tallest array's rows."""
         rows = sum(arr.shape[0] for arr in self.arrays.values())
         cols = sum(arr.shape[1] for arr in self.arrays.values())
-        return ChipLoad(sum(self._conductance.values()) / self.w_max * g_max, rows, cols)
+        devices = sum(arr.shape[0] * arr.shape[1] for arr in self.arrays.values())
+        tallest = max((arr.shape[0] for arr in self.arrays.values()), default=0)
+        return ChipLoad(sum(self._conductance.values()) / self.w_max * g_max, rows, cols, devices, tallest)
 
     def schedule_state(self) -> dict[str, dict]:
         """Per array, what a device-programming schedule holds besides the ledger (see

@@ -23,6 +23,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
+from analog_ep.errors import AnalogEPError
 from analog_ep.model.layers import matmul
 
 
@@ -42,7 +43,19 @@ class EquilibriumModel(nn.Module):
         substitutes = self.__dict__.get("_substitutes")
         if substitutes and name in substitutes:
             return substitutes[name]
+        if self.reads_tiles(name):
+            raise AnalogEPError(f"{name} lives on a chip that learns locally (chip.learning: local): its "
+                                "conductances are not known to the digital side; read it through the tiles "
+                                "(`product`), or read the chip explicitly (analog_ep.linear, reads='chip')")
         return self.get_parameter(name)
+
+    def reads_tiles(self, name: str) -> bool:
+        """Whether products with `name` are reads through a locally learning chip's tiles whatever
+        the context, autograd included (`AnalogChip.read`): the chip holds it, learns locally
+        (chip.learning: local) and no linear operator substituted it."""
+        hw = self.hardware
+        return (hw is not None and getattr(hw, "local", False) and hw.holds(name)
+                and name not in (self.__dict__.get("_substitutes") or {}))
 
     @contextmanager
     def substituted(self, weights: Mapping[str, torch.Tensor]):
@@ -68,9 +81,13 @@ class EquilibriumModel(nn.Module):
         """x @ W (or x @ W^T) for the weight called `name`: where the state meets a weight matrix.
 
         Routed through the chip (with its periphery: noise, converters) when one holds that matrix,
-        the state is real and no autograd graph is recorded; otherwise `weight(name)`: the
-        parameter, or what a linear operator substituted (see `analog_ep.linear`).
+        the state is real and no autograd graph is recorded - and always, autograd included, on a
+        chip that learns locally (`reads_tiles`; the parameter only carries the gradient);
+        otherwise `weight(name)`: the parameter, or what a linear operator substituted (see
+        `analog_ep.linear`).
         """
+        if self.reads_tiles(name):
+            return self.hardware.read(name, x, self.get_parameter(name), transpose)
         if self._on_chip(x) and self.hardware.holds(name):
             return self.hardware.matmul(name, x, transpose)
         w = self.weight(name)

@@ -91,8 +91,12 @@ class EquilibriumTransformer(EquilibriumModel):
         return self.config.leak
 
     def drive(self, idx: torch.Tensor) -> torch.Tensor:
-        pos = self.weight("pos")[: idx.shape[1]]
-        if self._on_chip(pos) and self.hardware.holds("tok"):
+        T = idx.shape[1]
+        if self.reads_tiles("pos"):  # positions on a locally learning chip: one-hot rows read through it
+            pos = self.product(torch.eye(T, dtype=self.tok.dtype), "pos")
+        else:
+            pos = self.weight("pos")[:T]
+        if self.reads_tiles("tok") or (self._on_chip(pos) and self.hardware.holds("tok")):
             # Embeddings on a crossbar: a lookup is the read of one row (a one-hot input).
             onehot = F.one_hot(idx, self.config.vocab_size).to(self.tok.dtype)  # (B, T, V)
             return self.product(onehot, "tok") + pos
@@ -225,7 +229,14 @@ class ThickLinearization:
     LayerNorm and GELU second-order terms on every call. The weights are read once, at
     construction, through `model.weight` (what `linearize` chose to read). Products count into
     `products`.
+
+    On a chip that learns locally (`model.reads_tiles`) no weight is read: every product is a read
+    through the tiles (`model.product`: forward reads, and transposed reads for J^T), q, k, v and
+    the FFN's pre-activation are measured by forward reads at z0, and the slopes are evaluated on
+    those measurements.
     """
+
+    QKV = ("W_q", "W_k", "W_v")
 
     def __init__(self, model: EquilibriumTransformer, z0: torch.Tensor, eps: float = 1e-5):
         with torch.no_grad():
@@ -235,14 +246,24 @@ class ThickLinearization:
             self.shape, self.scale = (B, T, C), 1.0 / math.sqrt(model.head_dim)
             self.ln1, h1 = self._ln_stats(z0, w("ln1_w"), w("ln1_b"), eps)
             self.ln2, h2 = self._ln_stats(z0, w("ln2_w"), w("ln2_b"), eps)
-            self.W_qkv = torch.cat([w("W_q"), w("W_k"), w("W_v")], dim=1)  # (C, 3C)
-            self.W_o, self.W_fc, self.W_proj = w("W_o"), w("W_fc"), w("W_proj")
-            q, k, v = (model._heads(t) for t in (h1 @ self.W_qkv).split(C, dim=-1))  # (B, H, T, dh)
+            if model.reads_tiles("W_o"):  # local learning: reads through the tiles, in both directions
+                self._qkv = lambda x: torch.cat(model.products(x, self.QKV), dim=-1)  # (..., C) -> (..., 3C)
+                self._qkv_t = lambda g: sum(model.product(part, n, transpose=True)
+                                            for part, n in zip(g.split(C, dim=-1), self.QKV))
+                self._mm = model.product
+                pre_activation = lambda x: model.product(x, "W_fc") + w("b_fc")  # noqa: E731
+            else:
+                W_qkv = torch.cat([w(n) for n in self.QKV], dim=1)  # (C, 3C)
+                held = {n: w(n) for n in ("W_o", "W_fc", "W_proj")}
+                self._qkv, self._qkv_t = (lambda x: x @ W_qkv), (lambda g: g @ W_qkv.t())
+                self._mm = lambda x, n, transpose=False: x @ (held[n].t() if transpose else held[n])
+                pre_activation = lambda x: torch.addmm(w("b_fc"), x, held["W_fc"])  # noqa: E731
+            q, k, v = (model._heads(t) for t in self._qkv(h1).split(C, dim=-1))  # (B, H, T, dh)
             self.q, self.k, self.v = q, k, v
             scores = (q @ k.transpose(-2, -1)) * self.scale
             # attention probabilities, (B, H, T, T)
             self.probs = torch.softmax(scores.masked_fill(~model.causal[:T, :T], float("-inf")), dim=-1)
-            u = torch.addmm(w("b_fc"), h2.reshape(B * T, C), self.W_fc)  # (BT, 4C)
+            u = pre_activation(h2.reshape(B * T, C))  # (BT, 4C)
             t = torch.tanh(_GELU_A * (u + 0.044715 * u ** 3))
             self.gelu_slope = 0.5 * (1 + t) + 0.5 * u * (1 - t * t) * _GELU_A * (1 + 3 * 0.044715 * u * u)
         self.products = 0
@@ -272,25 +293,25 @@ class ThickLinearization:
     def jvp(self, v: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             m, (B, T, C), probs = self.m, self.shape, self.probs
-            dq, dk, dv = (m._heads(t) for t in (self._ln_jvp(v, self.ln1) @ self.W_qkv).split(C, dim=-1))
+            dq, dk, dv = (m._heads(t) for t in self._qkv(self._ln_jvp(v, self.ln1)).split(C, dim=-1))
             ds = (dq @ self.k.transpose(-2, -1) + self.q @ dk.transpose(-2, -1)) * self.scale
             d_probs = probs * (ds - (probs * ds).sum(-1, keepdim=True))  # softmax Jacobian
-            attn = self._merge(d_probs @ self.v + probs @ dv) @ self.W_o
-            du = self._ln_jvp(v, self.ln2).reshape(B * T, C) @ self.W_fc
-            ffn = (self.gelu_slope * du) @ self.W_proj
+            attn = self._mm(self._merge(d_probs @ self.v + probs @ dv), "W_o")
+            du = self._mm(self._ln_jvp(v, self.ln2).reshape(B * T, C), "W_fc")
+            ffn = self._mm(self.gelu_slope * du, "W_proj")
             self.products += 1
             return attn + ffn.reshape(B, T, C)
 
     def vjp(self, g: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             m, (B, T, C), probs = self.m, self.shape, self.probs
-            go = m._heads(g @ self.W_o.t())  # (B, H, T, dh)
+            go = m._heads(self._mm(g, "W_o", True))  # (B, H, T, dh)
             g_probs = go @ self.v.transpose(-2, -1)
             gv = probs.transpose(-2, -1) @ go
             gs = probs * (g_probs - (g_probs * probs).sum(-1, keepdim=True)) * self.scale
             gq, gk = gs @ self.k, gs.transpose(-2, -1) @ self.q
-            gh1 = torch.cat([self._merge(gq), self._merge(gk), self._merge(gv)], dim=-1) @ self.W_qkv.t()
-            gu = (g.reshape(B * T, C) @ self.W_proj.t()) * self.gelu_slope
-            gh2 = (gu @ self.W_fc.t()).reshape(B, T, C)
+            gh1 = self._qkv_t(torch.cat([self._merge(gq), self._merge(gk), self._merge(gv)], dim=-1))
+            gu = self._mm(g.reshape(B * T, C), "W_proj", True) * self.gelu_slope
+            gh2 = self._mm(gu, "W_fc", True).reshape(B, T, C)
             self.products += 1
             return self._ln_vjp(gh1, self.ln1) + self._ln_vjp(gh2, self.ln2)

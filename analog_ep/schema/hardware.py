@@ -19,6 +19,8 @@ LOCAL_UPDATES = ("rank2", "naive")
 PROGRAMS = ("ideal", "verify")
 CYCLE_NOISE = ("seeded", "aihwkit")
 NOISE_MANAGEMENT = ("abs_max", "none")
+#: Who computes the update (`ChipConfig.learning`).
+LEARNING = ("coprocessor", "local")
 
 #: aihwkit presets usable by name: device models fitted to published measurements.
 #: name -> (class in `aihwkit.simulator.presets.devices`, what it models).
@@ -228,6 +230,51 @@ class PeripheryConfig:
               "unknown noise management", f"use one of {', '.join(NOISE_MANAGEMENT)}")
 
 
+#: The converter settings a transposed read has of its own (`BackwardPeripheryConfig`); the static
+#: fabrication effects (weight levels, mismatch) belong to the devices and are shared.
+BACKWARD_FIELDS = ("dac_bits", "dac_bound", "adc_bits", "adc_bound", "read_noise", "optical_noise",
+                   "noise_management")
+
+
+@dataclass
+class BackwardPeripheryConfig:
+    """Converters and noise of a *transposed* read (through the columns: x @ W^T), as aihwkit
+    separates a tile's backward IOParameters from its forward ones.
+
+    Every field left unset (null) is the forward read's (`ChipConfig.periphery`): the default is a
+    periphery whose transposed reads use the same converters as its forward reads.
+    `resolve(forward)` gives the complete `PeripheryConfig` of transposed reads; the devices'
+    static effects (weight_bits, mismatch and its clamp) and the noise bank are always the
+    forward section's (the same devices are read either way)."""
+
+    dac_bits: int | None = None
+    """Drivers of the column lines in a transposed read (bits; 0 ideal; null: periphery.dac_bits)."""
+    dac_bound: float | None = None
+    """Their input range after noise management (null: periphery.dac_bound)."""
+    adc_bits: int | None = None
+    """Converters of the row lines in a transposed read (bits; 0 ideal; null: periphery.adc_bits)."""
+    adc_bound: float | None = None
+    """Their range (normalised units, null: periphery.adc_bound), aihwkit backward out_bound."""
+    read_noise: float | None = None
+    """Additive read noise std of a transposed read (null: periphery.read_noise), aihwkit backward
+    out_noise."""
+    optical_noise: float | None = None
+    """Multiplicative noise of a transposed read (null: periphery.optical_noise)."""
+    noise_management: str | None = None
+    """'abs_max' or 'none' for transposed reads (null: periphery.noise_management)."""
+
+    def __post_init__(self):
+        PeripheryConfig(**self.overrides())  # the set fields obey the forward section's rules
+
+    def overrides(self) -> dict:
+        """The fields set here (the rest follow the forward read)."""
+        return {k: getattr(self, k) for k in BACKWARD_FIELDS if getattr(self, k) is not None}
+
+    def resolve(self, forward: PeripheryConfig) -> PeripheryConfig:
+        """The whole periphery of a transposed read: `forward` with the fields set here."""
+        return dataclasses.replace(forward, **self.overrides())
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -240,6 +287,22 @@ class ChipConfig:
     """The crossbar cell (aihwkit device model and its variation)."""
     periphery: PeripheryConfig = field(default_factory=PeripheryConfig)
     """Converters, noise, quantisation and mismatch of every read."""
+    periphery_backward: BackwardPeripheryConfig = field(default_factory=BackwardPeripheryConfig)
+    """Converters and noise of transposed reads (x @ W^T, through the columns: local learning's
+    error reads, and the relaxation's own transposed reads in modes that have them); each field
+    left null is the forward `periphery`'s."""
+    learning: str = "coprocessor"
+    """Who computes the update from the measured free and nudged states.
+    'coprocessor': a digital co-processor that knows every conductance - once per step it reads
+    every device (`AnalogChip.refresh`; its energy and time are counted, `StepCost.readout_j`)
+    and computes the vector-field gradient, the AEP correction and the stabilisers' products
+    with those effective conductances, exactly. 'local': nothing in the update path reads a
+    conductance - every weight-dependent product of the estimator is a read through the tiles
+    and their periphery (forward reads, transposed reads with `periphery_backward`), the digital
+    side sees only sampled vectors and elementwise slopes, and each matrix's update is the outer
+    product of its measured input and the error read back to its output (`analog_ep.linear`,
+    reads='tiles'). Weight decay is written by the chip's controller (owed fraction, pulses
+    toward zero), and Lion's trust ratio (which needs ||W||) is refused."""
     tile_rows: int = 512
     """Crossbar rows (inputs) per tile."""
     tile_cols: int = 512
@@ -304,6 +367,10 @@ class ChipConfig:
             self.device = DeviceConfig(**self.device)
         if isinstance(self.periphery, dict):
             self.periphery = PeripheryConfig(**self.periphery)
+        if isinstance(self.periphery_backward, dict):
+            self.periphery_backward = BackwardPeripheryConfig(**self.periphery_backward)
+        check(self.learning in LEARNING, "learning", self.learning, "unknown learning mode",
+              f"use one of {', '.join(LEARNING)}")
         check(self.write in WRITES, "write", self.write, "unknown write scheme", f"use one of {', '.join(WRITES)}")
         check(self.learning in LEARNING, "learning", self.learning, "unknown learning mode",
               f"use one of {', '.join(LEARNING)}")

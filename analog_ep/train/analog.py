@@ -2,8 +2,9 @@
 
 `AnalogTwin` is a `DigitalTwin` with two components swapped (`analog_ep.train.backend`): it relaxes
 on the chip - every weight product through the chip's periphery, and with a circuit every phase a
-measured settle (`CircuitBackend`) - and the co-processor's linear algebra reads the chip's
-effective conductances (reads='chip'); and it writes through the devices (`ChipWriter`):
+measured settle (`CircuitBackend`) - and the estimator's linear algebra reads the chip's
+effective conductances (reads='chip', `chip.learning: coprocessor`) or only reads through its
+tiles (reads='tiles', `chip.learning: local`); and it writes through the devices (`ChipWriter`):
 
 * Lion with 'sign_pulse' writes: each held matrix receives Lion's sign update as at most one
   fixed-amplitude pulse per device, so its effective learning rate is the pulse step
@@ -22,6 +23,10 @@ effective conductances (reads='chip'); and it writes through the devices (`ChipW
   digital work, so neither momentum nor gradient clipping reach the held matrices (the biases,
   digital, take the optimizer's step). With 'ideal' or 'quantized' writes the digital controller
   forms the dense gradient from the same rates and the optimizer steps as above.
+
+With `chip.learning: local` the held matrices are unknown to the writer: the optimizer steps them
+from zero (in a parameter group without weight decay), its result is the update, and weight
+decay is written by the chip's controller as for Lion's signs (`AnalogChip.write(decay=...)`).
 
 Evaluation draws its read noise and circuit noise from generators of its own (`AnalogTwin.evaluate`).
 
@@ -72,6 +77,7 @@ class ChipWriter:
                      if group_of[p].get("weight_decay", 0) > 0}
             chip.last_pulses = chip.write_outer(terms, lrs, step, decay)
         elif isinstance(optimizer, Lion) and chip.config.write == "sign_pulse":
+            # trust_ratio reads ||W||: refused under chip.learning: local (`check_backend`)
             updates = optimizer.sign_updates()
             on_chip = {n: updates.pop(p) for n, p in held.items() if p in updates}
             optimizer.step(updates=updates)  # digital parameters only; the momentum of all
@@ -80,9 +86,23 @@ class ChipWriter:
             if twin.optim_config.trust_ratio:
                 counts = {n: max(1, round(lr / chip.step_size[n])) for n, (_, lr) in on_chip.items()}
             group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
-            decay = {n: group_of[p]["lr"] * group_of[p]["weight_decay"] for n, p in held.items()
-                     if n in on_chip and group_of[p]["weight_decay"] > 0}
+            decay = {n: group_of[p]["lr"] * twin.optim_config.weight_decay for n, p in held.items()
+                     if n in on_chip and twin.optim_config.weight_decay > 0}
             chip.last_pulses = chip.write(deltas, step, counts, decay)
+        elif chip.local:
+            # The held matrices are not known: the optimizer steps them from zero (their group has
+            # no weight decay), so what it leaves there is the update itself; the controller writes
+            # the decay (owed fraction, pulses toward zero).
+            with torch.no_grad():
+                for p in held.values():
+                    p.zero_()
+            optimizer.step()
+            deltas = {n: p.detach().clone() for n, p in held.items()}
+            lr = next(g["lr"] for g in optimizer.param_groups if any(p is q for q in g["params"]
+                                                                    for p in held.values()))
+            decay = {n: lr * twin.optim_config.weight_decay for n in held} \
+                if twin.optim_config.weight_decay > 0 else None
+            chip.last_pulses = chip.write(deltas, step, decay=decay)  # refresh() rewrites the mirrors
         else:
             before = {n: p.detach().clone() for n, p in held.items()}
             optimizer.step()
@@ -116,14 +136,14 @@ class AnalogTwin(DigitalTwin):
                  energy: EnergyConfig | None = None, **kwargs):
         kwargs["ema"] = 0.0  # an average of device states is not something a chip can hold
         model = copy.deepcopy(model)  # the twin owns its weights; the caller's model stays digital
-        chip = AnalogChip(model, chip_config)
+        self.chip = chip = AnalogChip(model, chip_config)
+        reads = "tiles" if chip.local else "chip"
         if circuit is None:
-            backend = DigitalBackend(relax_config, ep_config, reads="chip")
+            backend = DigitalBackend(relax_config, ep_config, reads=reads)
         else:
             backend = CircuitBackend(circuit, settle or SettleConfig(), energy or EnergyConfig(), ep_config,
-                                     reads="chip", load=chip.load)
+                                     reads=reads, load=chip.load)
         super().__init__(model, relax_config, ep_config, *args, backend=backend, writer=ChipWriter(chip), **kwargs)
-        self.chip = chip
         held = set(chip.arrays)
         self.constraints.matrices = [(n, p) for n, p in self.constraints.matrices if n not in held]
 
@@ -131,7 +151,9 @@ class AnalogTwin(DigitalTwin):
         """`learning: local`: the local rule from the measured rates (module docstring); else the
         co-processor's vector-field estimator at the chip's effective conductances."""
         cfg = self.chip.config
-        if cfg.learning != "local":
+        if cfg.learning != "local" or not hasattr(self.model, "local_pairs"):
+            # the transformer learning locally: the vector-field estimator with every product a tile
+            # read (`reads='tiles'`, `TileProduct`); the co-processor's at the effective conductances
             return super().ep_grads(x, y, x_in, free, adjoint)
         update = local_update(self.model, x_in, free.z, adjoint, self.ep_config, cfg.local_update,
                               self.backend.nudge_gain(y))
@@ -140,11 +162,24 @@ class AnalogTwin(DigitalTwin):
             return dict(update.biases)
         return update.grads()
 
+    def optimizer_groups(self):
+        """Local learning: the held matrices in a group of their own without weight decay (the
+        chip's controller writes it, `ChipWriter`); otherwise one group, as the digital twin."""
+        if not self.chip.local:
+            return super().optimizer_groups()
+        held = [p for n, p in self.model.named_parameters() if self.chip.holds(n)]
+        ids = {id(p) for p in held}
+        return [{"params": [p for p in self.params if id(p) not in ids]}, {"params": held, "weight_decay": 0.0}]
+
     @torch.no_grad()
     def evaluate_metrics(self, batches) -> tuple[float, float]:
         """(mean loss, accuracy) at the free phase's evaluated state (the circuit's own settles when set).
 
-        Evaluation draws its read noise and circuit noise from generators of its own, seeded
+        With `chip.learning: local` the held matrices are unknown to the writer: the optimizer steps them
+from zero (in a parameter group without weight decay), its result is the update, and weight
+decay is written by the chip's controller as for Lion's signs (`AnalogChip.write(decay=...)`).
+
+Evaluation draws its read noise and circuit noise from generators of its own, seeded
         afresh for every evaluation from the twin's seed: it never moves the training streams (so
         how often a run evaluates leaves training bit-identical), and every evaluation sees the
         same noise realisation (a function of the weights alone, like the fixed batches).

@@ -3,13 +3,17 @@
 A twin's step (`analog_ep.train.twin.DigitalTwin.step`) is the same for every twin: free phase,
 validity gate, gradient, stabilisers, update. Two components vary:
 
-* the *backend* runs the phases and says what the co-processor reads:
+* the *backend* runs the phases and says what the update path reads (`reads`, see
+  `analog_ep.linear`):
   - `DigitalBackend` - digital relaxations (`relax.*`) and nudges (`ep.*`); with a chip on the
     model every product of a relaxation reads the tiles through their periphery, and the
-    co-processor's linear algebra reads `reads` ('parameters' for the digital twin, 'chip' for an
-    analog twin: its effective conductances, see `analog_ep.linear`);
+    estimator's linear algebra reads `reads`: 'parameters' for the digital twin; for an analog
+    twin 'chip' (chip.learning: coprocessor - a digital co-processor that knows every
+    conductance) or 'tiles' (chip.learning: local - every product a read through the tiles);
   - `CircuitBackend` - the circuit's measured settles (`circuit.*`), the same estimator, and the
-    step's energy and latency;
+    step's energy and latency, which include what the update path reads: every device once
+    ('chip', `readout_cost`) or the estimator's reads through the tiles ('tiles',
+    `update_read_cost`);
 * the *writer* applies the update: `ParameterWriter` (the optimizer's step on the parameters) or
   `analog_ep.train.analog.ChipWriter` (pulses through the devices).
 
@@ -25,7 +29,8 @@ from dataclasses import dataclass, field
 import torch
 
 from analog_ep.circuit.dynamics import CircuitConfig, check_step, circuit_solver
-from analog_ep.circuit.energy import ChipLoad, EnergyConfig, StepCost, phase_cost, write_cost
+from analog_ep.circuit.energy import (ChipLoad, EnergyConfig, StepCost, phase_cost, readout_cost, update_read_cost,
+                                      write_cost)
 from analog_ep.circuit.measure import Settle, SettleConfig, circuit_adjoint, settle_free
 from analog_ep.errors import ConfigError
 from analog_ep.estimator.ep import Adjoint, EPConfig, NudgePoints, estimate_adjoint
@@ -132,6 +137,10 @@ class CircuitBackend:
             passes = (settle.settle_time + settle.window) / self.circuit.pass_time if loop else 0.0
             phase_cost(cost, cfg, load or ChipLoad(), settle_time=settle.settle_time, window=settle.window,
                        copies=copies, passes=passes, **common)
+        if load is not None and self.reads == "chip":  # the co-processor's knowledge: every device read
+            readout_cost(cost, cfg, load)
+        elif load is not None and self.reads == "tiles" and adjoint is not None:  # the estimator's tile reads
+            update_read_cost(cost, cfg, load, vectors, adjoint.jacobian_products)
         write_cost(cost, cfg, pulses, rounds)
         return StepCosts(cost.settle_s, cost.energy_j, cost.latency_s, cost)
 
@@ -160,9 +169,6 @@ def check_backend(cfg, explicit: frozenset[str] | None = None) -> None:
 
     if "analog" not in cfg.train.twins:
         return
-    if cfg.chip.learning == "local" and cfg.model.kind != "mlp":
-        raise ConfigError("chip.learning", cfg.chip.learning, f"local learning is realised for the MLP, not for "
-                          f"model.kind {cfg.model.kind}", "use chip.learning: coprocessor")
     explicit = explicit_keys(cfg) if explicit is None else explicit
     # A key restated at its default is the default (a `validate --show` dump restates every key).
     defaults = EPConfig()
@@ -175,6 +181,14 @@ def check_backend(cfg, explicit: frozenset[str] | None = None) -> None:
     def refuse(key: str, value, problem: str, fix: str) -> None:
         raise ConfigError(key, value, f"{where} {problem}", fix)
 
+    if cfg.chip.learning == "local":
+        if cfg.optim.trust_ratio:
+            refuse("optim.trust_ratio", True, "learns locally (chip.learning: local) and cannot know ||W|| of an "
+                   "array, which Lion's trust ratio scales by", "set optim.trust_ratio: false, or chip.learning: "
+                   "coprocessor")
+        if ep.holomorphic:
+            refuse("ep.holomorphic", ep.holomorphic, "learns locally (chip.learning: local) from real reads of "
+                   "its tiles", "use ep.holomorphic: 0")
     if "ep.select_cap" in explicit and ep.select_cap > 0:
         refuse("ep.select_cap", ep.select_cap, "ends its nudged phase by circuit.settle (its monitor is the "
                "adaptive T2)", "set ep.select_cap: 0, or monitor the settle (circuit.settle.time: 0)")

@@ -47,7 +47,7 @@ def jacobian_penalty(model: EquilibriumModel, x_in: torch.Tensor, z: torch.Tenso
     leaves = weight_leaves(model, reads, _force_names(model))
     e = torch.randn(z.shape, generator=generator, dtype=z.dtype)
     with torch.enable_grad():
-        op = linearize(model, x_in, z, part="nc", differentiable=True, leaves=leaves)
+        op = linearize(model, x_in, z, part="nc", reads=reads, differentiable=True, leaves=leaves)
         jv = op.jvp(e)  # J_nc e, differentiable in theta
         return _grads(weight * jv.pow(2).sum() / e.pow(2).sum(), leaves)
 
@@ -81,7 +81,7 @@ def abscissa_penalty(model: EquilibriumModel, x_in: torch.Tensor, z: torch.Tenso
         return {}, omega
     leaves = weight_leaves(model, reads, _force_names(model))
     with torch.enable_grad():
-        op = linearize(model, x_in, z, part="nc", differentiable=True, leaves=leaves)
+        op = linearize(model, x_in, z, part="nc", reads=reads, differentiable=True, leaves=leaves)
         rayleigh = (u_vec * op.jvp(u_vec)).sum()  # u^T J_nc u = omega at the eigenvector, live in theta
         return _grads(rayleigh, leaves, 2.0 * weight * (omega - margin)), omega
 

@@ -99,7 +99,7 @@ class DigitalTwin:
         self.relax_config, self.ep_config, self.stab = relax_config, ep_config, stabilizer_config
         self.optim_config = optim_config
         self.params = list(model.parameters())
-        self.optimizer = build_optimizer(self.params, optim_config)
+        self.optimizer = build_optimizer(self.optimizer_groups(), optim_config)
         self.scheduler = build_scheduler(self.optimizer, schedule_config)
         self.controller = JacobianController(stabilizer_config)
         self.constraints = WeightConstraints(model, stabilizer_config)
@@ -108,6 +108,10 @@ class DigitalTwin:
         self._eig_cache: dict = {}
         self.current_step = 0
         self.last_cost = None
+
+    def optimizer_groups(self):
+        """What the optimizer is built over: every parameter, one group."""
+        return self.params
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> StepRecord:

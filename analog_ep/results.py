@@ -83,10 +83,19 @@ class RunSummary:
         return self.twins["analog"].final(metric) - self.twins["digital"].final(metric)
 
     def learns_nothing(self) -> bool:
-        """The analog twin's (else the first twin's) final validation loss is at or above the
-        unigram entropy."""
+        """The analog twin (else the first twin) ends at chance: see `learns_nothing`."""
         twin = self.twins.get("analog") or next(iter(self.twins.values()), None)
-        return twin is not None and twin.final("loss") >= self.unigram_entropy
+        return twin is not None and learns_nothing(twin.final("loss"), twin.final("accuracy"), self.unigram_entropy)
+
+
+def learns_nothing(loss: float, accuracy: float, entropy: float) -> bool:
+    """Whether a final validation result is at chance. A language model: its loss is at or above
+    the unigram entropy H (nothing learned from context). A classifier (a finite `accuracy`): its
+    accuracy is at or below exp(-H), H the entropy of the class prior - 1/K for K balanced classes
+    (the digits' stratified split: 0.100), the accuracy of guessing."""
+    if math.isfinite(accuracy):
+        return accuracy <= math.exp(-entropy) + 1e-12
+    return loss >= entropy
 
 
 def _series(group: h5py.Group, key: str, dtype=np.float64) -> np.ndarray:

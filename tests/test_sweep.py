@@ -323,3 +323,26 @@ def test_sweep_out_that_is_not_a_sweep_is_refused(setup, needle, tmp_path):
     code, _, stderr = cli("sweep", CHIP, "--out", out, "--grid", "chip.periphery.adc_bits=4", *TINY, "--quiet")
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and needle in stderr, stderr
     assert (out.read_text() if setup == "file" else (out / "notes.txt").read_text()) == "keep me"
+
+
+def test_a_classifier_learns_nothing_at_chance_accuracy_not_by_its_loss():
+    """For classification chips the tolerance map hatches a cell whose mean analog accuracy is at
+    chance (exp(-H) of the class prior: 1/K balanced); a language model's cell, by its loss."""
+    import math
+
+    from analog_ep.results import learns_nothing
+    from analog_ep.sweep.grid import SweepDefinition
+    from analog_ep.sweep.plot import cells
+
+    ln10 = math.log(10)
+    assert not learns_nothing(2.4, 0.90, ln10)  # loss above ln 10 (overconfident), but it classifies
+    assert learns_nothing(2.0, 0.10, ln10) and learns_nothing(2.0, 0.08, ln10)  # guessing
+    assert learns_nothing(3.2, math.nan, 3.13) and not learns_nothing(3.0, math.nan, 3.13)  # text
+    sweep = SweepDefinition.build("rram_mlp_digits", grid_args=["chip.periphery.adc_bits=4,8"], seeds=2)
+    rows = []
+    for point in sweep.points:
+        bits = dict(point.values)["chip.periphery.adc_bits"]
+        rows.append({"status": "completed", "gap": 0.1, "final_val_loss_analog": 2.5, "final_val_loss_digital": 2.4,
+                     "final_val_accuracy_analog": 0.09 if bits == 4 else 0.85, "unigram_entropy": ln10})
+    agg = cells(sweep, rows)
+    assert agg[(0,)]["learns_nothing"] and not agg[(1,)]["learns_nothing"]

@@ -4,7 +4,8 @@ Two swept keys: a heatmap of the gap (final analog minus final digital validatio
 cell the mean over seeds with the seed spread written in it; one key: the gap against the value
 with error bars (and the analog and digital losses themselves beside it). More keys: one panel
 per combination of the keys after the second. Cells whose mean analog loss is at or above the
-unigram entropy are hatched "learns nothing"; cells without a finished point are grey and say why.
+unigram entropy (a classifier: whose mean analog accuracy is at chance, `results.learns_nothing`)
+are hatched "learns nothing"; cells without a finished point are grey and say why.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from analog_ep.atomic import atomic_write
+from analog_ep.results import learns_nothing
 from analog_ep.sweep.grid import SweepDefinition, value_text
 
 FINISHED = ("completed", "diverged")
@@ -38,16 +40,22 @@ def cells(sweep: SweepDefinition, rows: list[dict]) -> dict[tuple, dict]:
         analog = np.array([r.get("final_val_loss_analog", math.nan) for r in done], dtype=float)
         digital = np.array([r.get("final_val_loss_digital", math.nan) for r in done], dtype=float)
         entropy = np.array([r.get("unigram_entropy", math.nan) for r in done], dtype=float)
+        accuracy = np.array([r.get("final_val_accuracy_analog", math.nan) for r in done], dtype=float)
         out[combo] = {
             "n": len(done), "seeds": len(mine),
             "gap": float(gaps.mean()) if len(done) else math.nan,
             "spread": float(gaps.std(ddof=1)) if len(done) > 1 else math.nan,
             "analog": float(analog.mean()) if len(done) else math.nan,
             "digital": float(digital.mean()) if len(done) else math.nan,
-            "learns_nothing": bool(len(done) and analog.mean() >= np.nanmean(entropy)),
+            "learns_nothing": bool(len(done) and learns_nothing(float(analog.mean()), float(accuracy.mean()),
+                                                                float(np.nanmean(entropy)))),
             "statuses": Counter(r["status"] for r in mine),
         }
     return out
+
+
+def _classifies(rows: list[dict]) -> bool:
+    return any(math.isfinite(r.get("final_val_accuracy_analog", math.nan)) for r in rows)
 
 
 def _status_text(statuses: Counter) -> str:
@@ -65,7 +73,8 @@ def plot_tolerance(path: Path, sweep: SweepDefinition, rows: list[dict], title: 
     keys = list(sweep.grid)
     note = (f"mean over {sweep.seeds} seed{'s' if sweep.seeds > 1 else ''}"
             + (" ± std over seeds" if sweep.seeds > 1 else "")
-            + "; hatched: analog loss ≥ unigram entropy (learns nothing)")
+            + ("; hatched: analog accuracy ≤ chance (learns nothing)" if _classifies(rows)
+               else "; hatched: analog loss ≥ unigram entropy (learns nothing)"))
     if len(keys) == 1:
         fig = _line(plt, [agg[(i,)] for i in range(len(sweep.grid[keys[0]]))], keys[0], sweep.grid[keys[0]])
     else:

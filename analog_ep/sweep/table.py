@@ -21,7 +21,8 @@ Layout (format version 1):
         gap_<m>                   the same for another metric m
         unigram_entropy           the validation text's unigram cross-entropy: a model at or above
                                   it has learned nothing from context
-        learns_nothing            final analog validation loss >= unigram_entropy
+        learns_nothing            final analog validation loss >= unigram_entropy (classifiers:
+                                  accuracy <= chance, exp(-entropy of the class prior))
         pulses                    device pulses written by the analog twin over the run
         energy_per_step_j         mean estimated energy of a step (J)
         latency_per_step_s        mean estimated latency of a step (s)

@@ -71,7 +71,7 @@ def test_run_h5_records_provenance(tmp_path):
     with h5py.File(run / "run.h5") as f:
         attrs = dict(f.attrs)
     print({k: attrs[k] for k in attrs if k != "config"})
-    assert attrs["version"] == 2
+    assert attrs["version"] == 3  # run.h5 layout v3: accuracy series for classification runs
     assert attrs["torch_version"] == importlib.metadata.version("torch")
     assert attrs["numpy_version"] == np.__version__ and attrs["h5py_version"] == h5py.__version__
     assert attrs["aihwkit_version"] == importlib.metadata.version("aihwkit")

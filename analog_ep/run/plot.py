@@ -25,6 +25,18 @@ def smooth(values, window: int = 20) -> np.ndarray:
     return np.concatenate([head, np.convolve(v, kernel, mode="valid")])
 
 
+def _twin_curves(ax, history, metric: str) -> None:
+    """Every twin's training `metric` (thin, smoothed) and validation `metric` (thick, markers)."""
+    for twin, series in history.series.items():
+        color = COLORS.get(twin, None)
+        if series.get(f"train.{metric}"):
+            ax.plot(series["train.step"], smooth(series[f"train.{metric}"]), color=color, alpha=0.45, lw=1,
+                    label=f"{twin} train (smoothed)")
+        if series.get(f"val.{metric}"):
+            ax.plot(series["val.step"], series[f"val.{metric}"], color=color, lw=2.2, marker="o", ms=4,
+                    label=f"{twin} validation")
+
+
 def plot_curves(path: Path, history: History, title: str, entropy: float | None = None,
                 prior: str = "unigram") -> None:
     """Train (thin, smoothed) and validation (thick, markers) cross-entropy of every twin; with a
@@ -36,14 +48,7 @@ def plot_curves(path: Path, history: History, title: str, entropy: float | None 
     panels = 1 + has_acc + has_hw
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels if panels > 1 else 7, 4.5), squeeze=False)
     ax = axes[0, 0]
-    for twin, series in history.series.items():
-        color = COLORS.get(twin, None)
-        if series.get("train.step"):
-            ax.plot(series["train.step"], smooth(series["train.loss"]), color=color, alpha=0.45, lw=1,
-                    label=f"{twin} train (smoothed)")
-        if series.get("val.step"):
-            ax.plot(series["val.step"], series["val.loss"], color=color, lw=2.2, marker="o", ms=4,
-                    label=f"{twin} validation")
+    _twin_curves(ax, history, "loss")
     if entropy is not None:
         ax.axhline(entropy, color="gray", ls=":", lw=1, label=f"{prior} entropy {entropy:.2f}")
     ax.set_xlabel("step")
@@ -53,14 +58,7 @@ def plot_curves(path: Path, history: History, title: str, entropy: float | None 
     ax.legend(fontsize=8)
     if has_acc:
         axa = axes[0, 1]
-        for twin, series in history.series.items():
-            color = COLORS.get(twin, None)
-            if series.get("train.accuracy"):
-                axa.plot(series["train.step"], smooth(series["train.accuracy"]), color=color, alpha=0.45, lw=1,
-                         label=f"{twin} train (smoothed)")
-            if series.get("val.accuracy"):
-                axa.plot(series["val.step"], series["val.accuracy"], color=color, lw=2.2, marker="o", ms=4,
-                         label=f"{twin} validation")
+        _twin_curves(axa, history, "accuracy")
         axa.set_xlabel("step")
         axa.set_ylabel("accuracy")
         axa.set_ylim(0, 1)

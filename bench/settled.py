@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -41,6 +41,8 @@ REFERENCE = _shared("reference", "seed_lt_ep_train.py")
 STEPS = 300
 """Training steps of the digital twin behind the settled operator."""
 BATCH = 32
+CHECKPOINT_EVERY = 25
+"""Training steps between resumable checkpoints of the settling run."""
 
 
 def research_model(vocab_size: int) -> EquilibriumTransformer:
@@ -74,24 +76,42 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ANALOG_EP_CACHE", Path.home() / ".cache" / "analog-ep" / "bench"))
 
 
+#: Anderson options that were in the key before Anderson options were left out of it (kept: the cached
+#: operators of earlier sessions keep their names).
+_ANDERSON_KEYED = ("anderson_memory", "anderson_tol", "anderson_damping")
+
+
 def _key(corpus_path: str, steps: int) -> str:
     relax_cfg, ep_cfg = training_configs()
-    text = json.dumps({"steps": steps, "batch": BATCH, "relax": repr(relax_cfg), "ep": repr(ep_cfg),
+    # The Euler free phase ignores the Anderson options: they are left out of the key, so that a new
+    # Anderson option does not orphan a cached operator its training never used.
+    relax_text = repr(relax_cfg)
+    if relax_cfg.method == "euler":
+        relax_text = ", ".join(f"{k}={v!r}" for k, v in asdict(relax_cfg).items()
+                               if not k.startswith("anderson") or k in _ANDERSON_KEYED)
+        relax_text = f"RelaxConfig({relax_text})"
+    text = json.dumps({"steps": steps, "batch": BATCH, "relax": relax_text, "ep": repr(ep_cfg),
                        "optim": repr(OptimizerConfig()), "stab": repr(StabilizerConfig()),
                        "corpus": os.path.abspath(corpus_path), "size": os.path.getsize(corpus_path),
                        "torch": torch.__version__}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def settled_model(corpus: CharCorpus, corpus_path: str = str(SHAKESPEARE), log=print, steps: int = STEPS
-                  ) -> tuple[EquilibriumTransformer, dict]:
+def settled_model(corpus: CharCorpus, corpus_path: str = str(SHAKESPEARE), log=print, steps: int = STEPS,
+                  partial_ok: bool = False) -> tuple[EquilibriumTransformer, dict]:
     """The research model after `steps` (default STEPS) digital-twin steps from seed 0: loaded from
     the cache, or trained now and cached. Returns (model, info: path, trained_now, steps, seconds,
-    final training loss and residual)."""
+    final training loss and residual).
+
+    Training checkpoints every `CHECKPOINT_EVERY` steps (twin, optimizer and batch-generator state)
+    to `<cache>.partial.pt` and resumes from it, so an interrupted run continues where it stopped.
+    With `partial_ok`, an unfinished run's last checkpoint is returned instead of training on
+    (`info['steps']` is then the steps it holds, `info['partial_of']` the run's length)."""
     from analog_ep.train.twin import DigitalTwin
 
     model = research_model(corpus.vocab_size)
     path = cache_dir() / f"settled_research_{_key(corpus_path, steps)}.pt"
+    partial = path.with_suffix(".partial.pt")
     if path.exists():
         blob = torch.load(path, weights_only=True)
         model.load_state_dict(blob["model"])
@@ -101,17 +121,33 @@ def settled_model(corpus: CharCorpus, corpus_path: str = str(SHAKESPEARE), log=p
     twin = DigitalTwin(model, relax_cfg, ep_cfg, OptimizerConfig(), ScheduleConfig(total_steps=steps),
                        StabilizerConfig(), gradient="ep", seed=0)
     gen = torch.Generator().manual_seed(0)
-    t0, record = time.perf_counter(), None
-    for step in range(steps):
+    start, spent, record = 0, 0.0, None
+    if partial.exists():
+        blob = torch.load(partial, weights_only=False)
+        twin.load_state_dict(blob["twin"])
+        gen.set_state(blob["batches"])
+        start, spent = blob["step"], blob["train_s"]
+        log(f"settling the research operator: resuming at step {start}/{steps} from {partial}")
+        if partial_ok:
+            return model, {"path": str(partial), "trained_now": False, "steps": start, "partial_of": steps,
+                           "train_s": spent, "train_residual": blob["residual"], "train_loss": blob["loss"]}
+    t0 = time.perf_counter() - spent
+    for step in range(start, steps):
         x, y = corpus.batch("train", BATCH, gen)
         record = twin.step(x, y, step)
         if step % 25 == 0 or step == steps - 1:
             log(f"settling the research operator: step {step}/{steps} loss {record.loss:.3f} "
                 f"residual {record.residual:.1e} ({time.perf_counter() - t0:.0f} s)")
+        if (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < steps:
+            blob = {"twin": twin.state_dict(), "batches": gen.get_state(), "step": step + 1,
+                    "train_s": time.perf_counter() - t0, "residual": record.residual, "loss": record.loss}
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(partial, lambda tmp: torch.save(blob, tmp))
     seconds = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"model": model.state_dict(), "train_s": seconds, "residual": record.residual, "loss": record.loss}
     atomic_write(path, lambda tmp: torch.save(blob, tmp))
+    partial.unlink(missing_ok=True)
     return model, {"path": str(path), "trained_now": True, "steps": steps, "train_s": seconds, "train_residual": record.residual,
                    "train_loss": record.loss}
 

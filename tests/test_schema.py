@@ -15,7 +15,8 @@ and when the linear nudge was added (ep.nudge: nonlinear and ep.nudge_tol: 0.001
 file, issue 11; no other key moved),
 and when on-chip learning landed (chip.learning, which every shipped chip sets to coprocessor, and
 chip.periphery_backward, all null: transposed reads inherit the forward converters; no other key
-moved), and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
+moved), and when Anderson got its safeguard (relax.anderson_step: 0.0 and relax.anderson_restart: 1.0
+added to every file, issue 11; no other key moved), and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
 shipped chip file, fails here: if it is meant, regenerate the file from `validate --show` and say so.
 """
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 * BPTT: backpropagation through the T1-step Euler unroll, the same architecture and start point as
   the free phase (the research trainer's exact-gradient reference).
+* The exact fixed point (`exact_fixed_point`): the references' z*, relaxed by safeguarded
+  Anderson and then by Euler steps until the residual is at the tolerance, so it cannot stall
+  short of it on a stable fixed point (Euler converges wherever z* is stable at step eps).
 * Equilibrium adjoint: the implicit-function gradient at z*, with the adjoint state a solving the
   transposed linear system J^T a = -dloss/dz by matrix-free GMRES (scipy), then
   grad = d/dtheta <a, F(z*; theta)> + readout gradient. Exact for any converged fixed point,
@@ -22,6 +25,8 @@ from analog_ep.errors import ConvergenceError
 from analog_ep.estimator.ep import vector_field_gradient
 from analog_ep.linear import linearize, operator_weights, weight_leaves
 from analog_ep.model.base import EquilibriumModel
+from analog_ep.phase import Term
+from analog_ep.relax.solvers import Relaxation, RelaxConfig, relax
 
 
 def bptt_gradient(model: EquilibriumModel, x: torch.Tensor, y: torch.Tensor, steps: int, eps: float,
@@ -39,6 +44,36 @@ def bptt_gradient(model: EquilibriumModel, x: torch.Tensor, y: torch.Tensor, ste
         gs = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
     grads = {n: torch.zeros_like(leaves[n]) if g is None else g for n, g in zip(names, gs)}
     return grads, float(loss.detach())
+
+
+def exact_fixed_point(model: EquilibriumModel, x: torch.Tensor, tol: float = 1e-10, eps: float = 0.1,
+                      anderson_budget: int = 400, euler_limit: int = 20000, strict: bool = True) -> Relaxation:
+    """The free fixed point to relative residual ||eps F(z)|| / ||z|| <= `tol`, in the model's dtype
+    (float64 for a reference: float32 rounding floors the residual near 1e-7).
+
+    Safeguarded Anderson (memory 10, the leak's exact step 1/lambda, restart on growth) does the
+    bulk in at most `anderson_budget` evaluations; explicit Euler steps of `eps` then continue from
+    its last iterate until the residual is at `tol` (at most `euler_limit` steps), so a stall of
+    Anderson costs time, never accuracy. `force_evals` counts both stages. Raises ConvergenceError
+    (`strict`) if the tolerance is still not met: the fixed point is unstable at this step size.
+    """
+    leak = float(getattr(model, "leak", 0.0))
+    with torch.no_grad():
+        x_in = model.drive(x)
+        term = Term(lambda z: model.force(z, x_in), leak)
+        fast = relax(term, model.initial_state(x_in),
+                     RelaxConfig(method="anderson", eps=eps, steps=anderson_budget, anderson_memory=10,
+                                 anderson_tol=tol, anderson_step=1.0 / leak if leak > 0 else 0.0))
+        if fast.residual <= tol:
+            return fast
+        slow = relax(term, fast.z, RelaxConfig(method="euler", eps=eps, steps=1, refine_to=euler_limit,
+                                               refine_chunk=20, refine_tol=tol))
+    if slow.residual_final > tol and strict:
+        raise ConvergenceError(f"the fixed point reached residual {slow.residual_final:.2e} > {tol:.0e} after "
+                               f"{fast.force_evals} Anderson and {slow.force_evals} Euler evaluations; is it stable "
+                               "at this step size? lower eps or raise euler_limit")
+    return Relaxation(slow.z, slow.z, slow.residual_final, slow.residual_final, fast.force_evals + slow.force_evals,
+                      fast.steps + slow.steps, fast.restarts)
 
 
 @dataclass

@@ -17,7 +17,7 @@ and when on-chip learning landed (chip.learning, which every shipped chip sets t
 chip.periphery_backward, all null: transposed reads inherit the forward converters; no other key
 moved), and when the circuit's nudged phases got their own settle time (issue 11:
 circuit.settle.nudge_time added to every file, 0.0 = as the free phase; rram_512 sets it to
-1.5e-08 s, the digital twin's T2, and circuit.dynamics.dt 1.0e-09 -> 2.5e-09; no other key
+1.5e-08 s, the digital twin's T2, and circuit.dynamics.dt 1.0e-09 -> 2.0e-09; no other key
 moved), and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
 shipped chip file, fails here: if it is meant, regenerate the file from `validate --show` and say so.
 """

@@ -430,3 +430,35 @@ def test_fingerprint_of_the_chip_reads_the_chip_not_the_parameters():
     # an ideal periphery: the chip's EP and BPTT are those of its effective weights, to rounding
     assert on_chip["cos_ep_bptt"] == pytest.approx(expected["cos_ep_bptt"], abs=1e-6)
     assert on_chip["residual"] == pytest.approx(expected["residual"], rel=1e-5)
+
+
+@pytest.mark.parametrize("nudge_time", [1.5 * TAU, 0.0], ids=["nudge_time_T2", "nudge_as_free"])
+def test_nudge_time_is_the_circuit_realisation_of_the_digital_t2(nudge_time):
+    """A noiseless Euler circuit at dt = eps x tau settling the free phase T1 x eps x tau and each
+    nudged phase `nudge_time` is the digital estimator step for step: with nudge_time = T2 x eps x
+    tau it reproduces digital EP (T1 = 40, T2 = 15) to float64 round-off; without it the nudged
+    phases last the free phase's 4 tau, a different (longer) T2, and the estimate differs."""
+    model, x, x_in = block(torch.float64)
+    y = torch.randint(0, 12, (2, 4), generator=torch.Generator().manual_seed(3))
+    ep = EPConfig(steps=15, eps=0.1)
+    digital = ep_gradient(model, x, y, RelaxConfig(steps=40, eps=0.1), ep).grads
+    circuit = CircuitConfig(tau=TAU, integrator="euler", dt=0.1 * TAU)
+    settle_config = SettleConfig(time=4 * TAU, nudge_time=nudge_time, nudge_per_token=False)
+    result = circuit_ep_gradient(model, x, y, circuit, settle_config, ep)
+    names = list(digital)
+    a = torch.cat([result.grads[n].reshape(-1) for n in names])
+    b = torch.cat([digital[n].reshape(-1) for n in names])
+    gap = float((a - b).norm() / b.norm())
+    print(f"\nnudge_time {nudge_time:g} s: |circuit EP - digital EP| / |digital EP| = {gap:.2e}; "
+          f"phases {result.phases}")
+    assert result.phases["free"]["settle_time"] == pytest.approx(4 * TAU)
+    assert result.phases["nudged"]["settle_time"] == pytest.approx(nudge_time or 4 * TAU)
+    if nudge_time:
+        assert gap < 1e-9 and result.phases["nudged"]["force_evals"] == 15 + 1  # + the residual check
+    else:
+        assert gap > 1e-3
+
+
+def test_nudge_time_rejects_a_negative_value():
+    with pytest.raises(ConfigError, match="nudge_time"):
+        SettleConfig(nudge_time=-1e-9)

@@ -243,6 +243,11 @@ def test_an_option_the_circuit_does_not_realise_is_refused_before_anything_is_wr
     from analog_ep.config import EPConfig
 
     assert main(["validate", "rram_512", "--set", f"ep.steps={EPConfig().steps}"]) == 0, capsys.readouterr().err
+    # T2 is realised by the nudged phases' settle (rram_512: nudge_time 1.5 tau), not the free phase's 4 tau
+    assert main(["validate", "rram_512", "--set", "ep.steps=30", "--set", "ep.eps=0.05"]) == 0, capsys.readouterr().err
+    assert main(["validate", "rram_512", "--set", "ep.steps=40"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "1.5 tau (circuit.settle.nudge_time 1.5e-08 s)" in err and "set circuit.settle.nudge_time: 4e-08" in err
 
 
 # ---- broken inputs: one line on stderr, exit code 2 ------------------------------------------------

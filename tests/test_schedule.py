@@ -17,7 +17,8 @@ from analog_ep.cli.main import main
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "3", "--set", "train.eval_every=3", "--set", "train.batch_size=2", "--set", "model.width=8",
         "--set", "model.heads=2", "--set", "data.context=4", "--set", "train.eval_batches=1",
-        "--set", "circuit.settle.time=5e-9", "--set", "relax.steps=5", "--set", "ep.steps=5", "--quiet"]
+        "--set", "circuit.settle.time=5e-9", "--set", "circuit.settle.nudge_time=5e-9", "--set", "relax.steps=5",
+        "--set", "ep.steps=5", "--quiet"]
 NO_CYCLE_NOISE = ["--set", "chip.device.overrides.dw_min_std=0"]
 
 

@@ -16,7 +16,10 @@ file, issue 11; no other key moved),
 and when on-chip learning landed (chip.learning, which every shipped chip sets to coprocessor, and
 chip.periphery_backward, all null: transposed reads inherit the forward converters; no other key
 moved), and when Anderson got its safeguard (relax.anderson_step: 0.0 and relax.anderson_restart: 1.0
-added to every file, issue 11; no other key moved), and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
+added to every file, issue 11; no other key moved), and when the circuit's nudged phases got their own settle time (issue 11:
+circuit.settle.nudge_time added to every file, 0.0 = as the free phase; rram_512 sets it to
+1.5e-08 s, the digital twin's T2, and circuit.dynamics.dt 1.0e-09 -> 2.0e-09; no other key
+moved), and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
 shipped chip file, fails here: if it is meant, regenerate the file from `validate --show` and say so.
 """
 from __future__ import annotations

@@ -20,7 +20,8 @@ CHIP = str(ROOT / "chips" / "rram_512.yaml")
 # A tiny job (seconds per point). Cycle-to-cycle noise off: aihwkit draws it from an unseeded
 # generator, and the Ray test compares its results with the local backend's bit for bit.
 TINY_SETS = ["train.steps=3", "train.eval_every=1", "train.batch_size=2", "model.width=8", "model.heads=2",
-             "data.context=4", "train.eval_batches=1", "circuit.settle.time=5e-9", "relax.steps=5", "ep.steps=5",
+             "data.context=4", "train.eval_batches=1", "circuit.settle.time=5e-9", "circuit.settle.nudge_time=5e-9",
+             "relax.steps=5", "ep.steps=5",
              "chip.device.overrides.dw_min_std=0"]
 TINY = [arg for text in TINY_SETS for arg in ("--set", text)]
 GRID = ["--grid", "chip.periphery.adc_bits=4,8", "--grid", "chip.periphery.read_noise=0,0.05", "--seeds", "2"]

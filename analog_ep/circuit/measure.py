@@ -8,7 +8,8 @@ the chip.
 
 EP on the circuit (`circuit_ep_gradient`): the free phase settles and is sampled; the nudged
 phases are the estimator's own (`analog_ep.estimator.ep.estimate_adjoint`, the same `NudgedTerm`
-as the digital twin's), settled by the circuit from its free state and sampled: each nudge point
+as the digital twin's), settled by the circuit from its free state (for `nudge_time` when set,
+the circuit's T2) and sampled: each nudge point
 injects the nudge as a current -beta_k d l_t / d z_t at every output node, the gradient of that
 token's own loss (so beta is per token: the nodes move by ~beta, which an ADC can resolve; the
 contrast is divided by the token count to give the gradient of the mean loss), and, with AEP, a
@@ -130,10 +131,10 @@ def circuit_adjoint(model: EquilibriumModel, x_in: torch.Tensor, y: torch.Tensor
           "use the real centred or one-sided estimator (holomorphic: 0) on a circuit")
     stack = lambda t: t.repeat(points.count, *([1] * (t.ndim - 1)))  # noqa: E731  (B, ...) -> (n_points*B, ...)
     start = State(stack(free.state.z), None if free.state.u is None else stack(free.state.u))
-    s_free = free.sample
+    s_free, nudge_config = free.sample, config.nudged()
 
     def run_phase(term, _):
-        nudged = settle(term, solver, start, config, generator)
+        nudged = settle(term, solver, start, nudge_config, generator)
         return points.contrast(nudged.sample, s_free), nudged.state.steps, nudged
 
     # Per token: each output node gets its own error current (a batch-mean nudge moves the nodes

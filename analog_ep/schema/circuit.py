@@ -6,7 +6,7 @@ the `circuit:` section of a chip file. `analog_ep.circuit` runs it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from analog_ep.errors import check
 
@@ -114,6 +114,11 @@ class SettleConfig:
 
     time: float = 0.0
     """Fixed settle time in seconds (0: settle until the monitor says so, up to `cap`)."""
+    nudge_time: float = 0.0
+    """Fixed settle time of each nudged phase in seconds (0: as the free phase, `time` or the
+    monitor). A nudged phase starts from the settled free state and moves the nodes by ~beta, so
+    it can be sampled earlier than the free phase, as the digital twin's T2 (`ep.steps` x `ep.eps`
+    relaxation time constants) is shorter than its T1; set, it is the T2 the circuit realises."""
     cap: float = 1e-6
     """Longest settle in seconds when monitored."""
     check_every: float = 1e-8
@@ -144,6 +149,7 @@ class SettleConfig:
         if isinstance(self.monitor, dict):
             self.monitor = MonitorConfig(**self.monitor)
         check(self.time >= 0, "time", self.time, "must be >= 0 (0: monitored settle)")
+        check(self.nudge_time >= 0, "nudge_time", self.nudge_time, "must be >= 0 (0: as the free phase)")
         check(self.cap > 0 and self.check_every > 0, "cap", self.cap, "cap and check_every must be > 0")
         check(self.adc_bits == 0 or 2 <= self.adc_bits <= 32, "adc_bits", self.adc_bits, "must be 0 or 2..32",
               "use 0 for ideal sampling, or 2 to 32 bits")
@@ -151,6 +157,10 @@ class SettleConfig:
         check(self.adc_noise >= 0, "adc_noise", self.adc_noise, "must be >= 0 (a standard deviation)", "use 0 for none")
         check(self.lockin >= 1, "lockin", self.lockin, "must be >= 1")
         check(self.lockin_interval > 0, "lockin_interval", self.lockin_interval, "must be > 0")
+
+    def nudged(self) -> "SettleConfig":
+        """The settle of the nudged phases: `nudge_time` when set, else this one."""
+        return replace(self, time=self.nudge_time) if self.nudge_time > 0 else self
 
 
 @dataclass

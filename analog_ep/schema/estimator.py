@@ -19,8 +19,9 @@ class EPConfig:
     """Centred +-beta nudges (bias O(beta^2)); False: one-sided +beta (bias O(beta))."""
     steps: int = 15
     """T2: Euler steps of each digital nudged phase (the cap when `select_cap` > 0 overrides it). A
-    circuit's nudged phase lasts its settle (`circuit.settle`); set explicitly, steps x eps must be
-    that settle in node time constants (loop: passes), else the run is refused."""
+    circuit's nudged phase lasts its settle (`circuit.settle.nudge_time`, or `time` when that is 0);
+    set explicitly, steps x eps must be that settle in node time constants (loop: passes), else the
+    run is refused."""
     eps: float = 0.1
     """Euler step size of the digital nudged phases (time step / node time constant). On a loop
     circuit, set explicitly, it must equal `circuit.loop_eps`; on an RC circuit see `steps`."""

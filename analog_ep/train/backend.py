@@ -155,10 +155,10 @@ def check_backend(cfg, explicit: frozenset[str] | None = None) -> None:
     """Refuse an option set explicitly to a value the analog twin's circuit does not realise.
 
     The analog twin (in `train.twins`) relaxes on `cfg.circuit`; its phases last `circuit.settle`,
-    so the digital nudged phase's length and step (`ep.steps`, `ep.eps`) are realised only as that
-    settle: an RC circuit with a fixed settle time T realises steps x eps x tau = T; a loop with a
-    fixed time realises eps = loop_eps and steps = T / pass_time passes; a monitored settle
-    realises neither. `ep.select_cap` (the monitor is the circuit's adaptive T2), tracking AEP (the
+    so the digital nudged phase's length and step (`ep.steps`, `ep.eps`) are realised only as the
+    nudged phases' settle (`circuit.settle.nudge_time`, or `time` when that is 0): an RC circuit
+    with a fixed nudged settle time T realises steps x eps x tau = T; a loop with a fixed time
+    realises eps = loop_eps and steps = T / pass_time passes; a monitored settle realises neither. `ep.select_cap` (the monitor is the circuit's adaptive T2), tracking AEP (the
     co-processor linearises once, at the sampled free state) and holomorphic nudges (real node
     voltages) are not realised at all. Also refuses a circuit dt at which its integrator is
     unstable for the model's leak (`analog_ep.circuit.dynamics.check_step`). `explicit` defaults to
@@ -205,22 +205,24 @@ def check_backend(cfg, explicit: frozenset[str] | None = None) -> None:
         return
     key = "ep.steps" if "ep.steps" in explicit else "ep.eps"
     value = getattr(ep, key.split(".")[1])
-    if settle.time <= 0:
+    nudge = settle.nudged()  # T2 is the nudged phases' settle: nudge_time when set
+    time_key = "circuit.settle.nudge_time" if settle.nudge_time > 0 else "circuit.settle.time"
+    if nudge.time <= 0:
         refuse(key, value, "ends each phase by its settle monitor, not after a number of steps",
-               "remove it, or give circuit.settle.time a fixed length")
+               "remove it, or give circuit.settle.nudge_time a fixed length")
     if circuit.kind == "loop":
-        passes = settle.time / circuit.pass_time
+        passes = nudge.time / circuit.pass_time
         if "ep.eps" in explicit and not _close(ep.eps, circuit.loop_eps):
             refuse("ep.eps", ep.eps, f"re-injects loop_eps={circuit.loop_eps:g} of the force per pass",
                    f"set ep.eps: {circuit.loop_eps:g} or circuit.dynamics.loop_eps: {ep.eps:g}")
         if "ep.steps" in explicit and not _close(ep.steps, passes):
-            refuse("ep.steps", ep.steps, f"settles each phase for {passes:g} passes (circuit.settle.time "
-                   f"{settle.time:g} s / pass_time {circuit.pass_time:g} s)",
-                   f"set ep.steps: {passes:g}, or circuit.settle.time: {ep.steps * circuit.pass_time:g}")
+            refuse("ep.steps", ep.steps, f"settles each nudged phase for {passes:g} passes ({time_key} "
+                   f"{nudge.time:g} s / pass_time {circuit.pass_time:g} s)",
+                   f"set ep.steps: {passes:g}, or circuit.settle.nudge_time: {ep.steps * circuit.pass_time:g}")
         return
-    realised = settle.time / circuit.tau
+    realised = nudge.time / circuit.tau
     if not _close(ep.steps * ep.eps, realised):
-        refuse(key, value, f"settles each phase for {realised:g} tau (circuit.settle.time {settle.time:g} s), "
+        refuse(key, value, f"settles each nudged phase for {realised:g} tau ({time_key} {nudge.time:g} s), "
                f"not ep.steps x ep.eps = {ep.steps * ep.eps:g} tau",
-               f"set circuit.settle.time: {ep.steps * ep.eps * circuit.tau:g}, or make ep.steps x ep.eps = "
+               f"set circuit.settle.nudge_time: {ep.steps * ep.eps * circuit.tau:g}, or make ep.steps x ep.eps = "
                f"{realised:g}")

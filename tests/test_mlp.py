@@ -241,3 +241,62 @@ def test_mlp_chip_run_resumes_bit_for_bit(tmp_path):
             assert np.array_equal(a[f"twins/analog/{key}"][()], b[f"twins/analog/{key}"][()]), key
         assert a["twins/analog/pulses"][()].sum() > 0
         assert np.array_equal(a["pulses/index"][()], b["pulses/index"][()])
+
+
+def test_lr_scale_scales_each_tensors_step_on_both_twins(monkeypatch):
+    """optim.lr_scale: the named tensor's SGD step is exactly factor x its unscaled step (the others
+    unchanged) on the digital twin, and an outer-product chip drives that matrix's trains with the
+    scaled lr (README: the MLP chips scale the input-side crossbar by 3)."""
+    from analog_ep.config import load_config
+    from analog_ep.hardware.chip import AnalogChip
+    from analog_ep.run.loop import build, make_twins
+
+    base = ["model.hidden=[8]", "train.batch_size=4", "circuit.settle.time=1e-8", "relax.steps=4", "optim.grad_clip=0",
+            "model.dtype=float64"]
+    changes, original = {}, AnalogChip.write_outer
+    for scale in ({}, {"weights.0": 3.0, "biases.0": 3.0}):
+        cfg = load_config("rram_mlp_digits", base)
+        cfg.optim.lr_scale = dict(scale)
+        data, model = build(cfg)
+        twins = make_twins(cfg, model)
+        x, y = data.batch("train", 4, torch.Generator().manual_seed(0))
+        before = {n: p.detach().clone() for n, p in twins["digital"].model.named_parameters()}
+        seen = {}
+
+        def spy(self, terms, lrs, step, decay=None):
+            seen.update(lrs)
+            return original(self, terms, lrs, step, decay)
+
+        monkeypatch.setattr(AnalogChip, "write_outer", spy)
+        twins["digital"].step(x, y, 1)
+        twins["analog"].step(x, y, 1)
+        changes[bool(scale)] = ({n: p.detach() - before[n] for n, p in twins["digital"].model.named_parameters()},
+                                dict(seen))
+    (plain, lrs_plain), (scaled, lrs_scaled) = changes[False], changes[True]
+    for name in plain:
+        factor = 3.0 if name in ("weights.0", "biases.0") else 1.0
+        assert torch.allclose(scaled[name], factor * plain[name], rtol=1e-5, atol=1e-9), name
+    assert lrs_scaled["weights.0"] == pytest.approx(3.0 * lrs_plain["weights.0"])
+    assert lrs_scaled["weights.1"] == pytest.approx(lrs_plain["weights.1"])
+
+
+def test_lr_scale_naming_no_parameter_is_refused(tmp_path, capsys):
+    from analog_ep.cli.main import main
+
+    out = tmp_path / "run"
+    code = main(["run", "rram_mlp_digits", "--steps", "1", "--set", "optim.lr_scale={weights.7: 2.0}",
+                 "--out", str(out)])
+    assert code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("analog-ep: error:")]
+    assert len(err) == 1 and "optim.lr_scale.weights.7=2.0: is not a parameter of the model" in err[0], err
+    assert "weights.0" in err[0]  # the fix names the real parameters
+    assert not (out / "run.h5").exists()
+
+
+def test_centred_digits_span_minus_one_to_one():
+    plain = DigitsData.from_config(DigitsDataConfig())
+    centred = DigitsData.from_config(DigitsDataConfig(center=True))
+    assert torch.equal(centred.x_train, 2 * plain.x_train - 1) and torch.equal(centred.y_train, plain.y_train)
+    assert float(centred.x_train.min()) == -1.0 and float(centred.x_train.max()) == 1.0
+    with pytest.raises(ConfigError, match="center"):
+        DigitsDataConfig(center=True, scale=False)

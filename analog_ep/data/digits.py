@@ -41,7 +41,8 @@ class DigitsData:
         scale = PIXEL_MAX if cfg.scale else 1.0
 
         def as_x(a):
-            return torch.as_tensor(a / scale, dtype=torch.float32)
+            x = a / scale
+            return torch.as_tensor(2.0 * x - 1.0 if cfg.center else x, dtype=torch.float32)
 
         def as_y(a):
             return torch.as_tensor(a, dtype=torch.int64)

@@ -8,7 +8,7 @@ residual of 3e-3 through an EMA of 0.9.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from analog_ep.errors import ConfigError, check
 
@@ -45,6 +45,13 @@ class OptimizerConfig:
     grad_clip: float = 5.0
     """Clip the global gradient norm to this value before each step; 0 = no clipping."""
 
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    """Per-parameter learning-rate factors by parameter name, e.g. {weights.0: 3.0}: that tensor's
+    lr is lr x factor (the schedule scales it as every lr); unnamed tensors keep 1. A chip realises
+    it per array: an outer-product write's pulse trains use its matrix's scaled lr, a sign-pulse
+    write its pulse count. Plain SGD on the layered MLP wants a larger step for the input-side
+    crossbar, whose gradient is several times smaller (README, "The equilibrium MLP on chip")."""
+
     def __post_init__(self):
         check(self.name in OPTIMIZERS, "optim.name", self.name, "unknown optimizer",
               f"use one of {', '.join(OPTIMIZERS)}")
@@ -62,6 +69,12 @@ class OptimizerConfig:
               f"only Lion supports it, not {self.name!r}", "set it false or use name: lion")
         check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "must be non-negative",
               "use 0 to disable clipping")
+        check(isinstance(self.lr_scale, dict), "optim.lr_scale", self.lr_scale,
+              "must map parameter names to factors", "use e.g. {weights.0: 3.0}")
+        for name, factor in self.lr_scale.items():
+            check(isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 0,
+                  f"optim.lr_scale.{name}", factor, "must be a positive number", "use e.g. 3.0")
+        self.lr_scale = {str(k): float(v) for k, v in self.lr_scale.items()}
 
     @property
     def resolved_betas(self) -> tuple[float, float]:

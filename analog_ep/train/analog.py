@@ -46,7 +46,7 @@ from analog_ep.model.base import EquilibriumModel
 from analog_ep.estimator.local import local_update
 from analog_ep.train.backend import CircuitBackend, DigitalBackend
 from analog_ep.train.optim import Lion
-from analog_ep.train.twin import DigitalTwin
+from analog_ep.train.twin import scaled_groups, DigitalTwin
 
 #: Offset of the evaluation generators' seed from the twin's (see `AnalogTwin.evaluate`).
 EVALUATION_SEED = 0x5EED_E7A1
@@ -98,9 +98,8 @@ class ChipWriter:
                     p.zero_()
             optimizer.step()
             deltas = {n: p.detach().clone() for n, p in held.items()}
-            lr = next(g["lr"] for g in optimizer.param_groups if any(p is q for q in g["params"]
-                                                                    for p in held.values()))
-            decay = {n: lr * twin.optim_config.weight_decay for n in held} \
+            group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
+            decay = {n: group_of[p]["lr"] * twin.optim_config.weight_decay for n, p in held.items()} \
                 if twin.optim_config.weight_decay > 0 else None
             chip.last_pulses = chip.write(deltas, step, decay=decay)  # refresh() rewrites the mirrors
         else:
@@ -169,7 +168,9 @@ class AnalogTwin(DigitalTwin):
             return super().optimizer_groups()
         held = [p for n, p in self.model.named_parameters() if self.chip.holds(n)]
         ids = {id(p) for p in held}
-        return [{"params": [p for p in self.params if id(p) not in ids]}, {"params": held, "weight_decay": 0.0}]
+        rest = [p for p in self.params if id(p) not in ids]
+        return (scaled_groups(self.model, rest, self.optim_config)
+                + scaled_groups(self.model, held, self.optim_config, weight_decay=0.0))
 
     @torch.no_grad()
     def evaluate_metrics(self, batches) -> tuple[float, float]:

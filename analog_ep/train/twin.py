@@ -83,6 +83,20 @@ class ParameterWriter:
         pass
 
 
+def scaled_groups(model, params: list, config: OptimizerConfig, **options) -> list[dict]:
+    """`params` as optimizer groups, one per `config.lr_scale` factor (lr = config.lr x factor), each
+    with `options` (e.g. weight_decay); a name in lr_scale that is not a parameter is refused."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    known = set(names.values())
+    for name in config.lr_scale:
+        check(name in known, f"optim.lr_scale.{name}", config.lr_scale[name], "is not a parameter of the model",
+              f"use one of {', '.join(sorted(known))}")
+    groups: dict[float, list] = {}
+    for p in params:
+        groups.setdefault(config.lr_scale.get(names[id(p)], 1.0), []).append(p)
+    return [{"params": ps, "lr": config.lr * factor, **options} for factor, ps in groups.items()]
+
+
 class DigitalTwin:
     """A model trained with ideal weights (see module docstring)."""
 
@@ -110,8 +124,11 @@ class DigitalTwin:
         self.last_cost = None
 
     def optimizer_groups(self):
-        """What the optimizer is built over: every parameter, one group."""
-        return self.params
+        """What the optimizer is built over: every parameter, one group, or groups by their
+        `optim.lr_scale` factor when it names any."""
+        if not self.optim_config.lr_scale:
+            return self.params
+        return scaled_groups(self.model, self.params, self.optim_config)
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> StepRecord:

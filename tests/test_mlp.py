@@ -202,7 +202,7 @@ def test_sweep_compare_and_export_work_on_mlp_runs(tmp_path):
         return code, out.getvalue(), err.getvalue()
 
     tiny = ["--set", "train.batch_size=4", "--set", "model.hidden=[8]", "--set", "train.eval_every=2",
-            "--set", "chip.device.overrides.dw_min_std=0", "--set", "circuit.settle.time=1e-8",
+            "--set", "chip.device.overrides.dw_min_std=0", "--set", "circuit.settle.time=1e-8", "--set", "ep.steps=2",
             "--set", "relax.steps=4"]
     code, _, err = cli("sweep", "rram_mlp_digits", "--grid", "chip.periphery.read_noise=0,0.02", "--steps", "2",
                        *tiny, "--out", tmp_path / "sweep", "--quiet")
@@ -231,7 +231,7 @@ def test_mlp_chip_run_resumes_bit_for_bit(tmp_path):
     from analog_ep.run.loop import resume_config, run_job
 
     sets = ["train.steps=4", "train.batch_size=4", "model.hidden=[8]", "train.eval_every=2",
-            "circuit.settle.time=1e-8", "relax.steps=4"]
+            "circuit.settle.time=1e-8", "ep.steps=2", "relax.steps=4"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert run_job(load_config("rram_mlp_digits", sets), whole, progress=False)["status"] == "completed"
     assert run_job(load_config("rram_mlp_digits", sets), parts, progress=False, stop_after=2)["status"] == "interrupted"
@@ -251,7 +251,7 @@ def test_lr_scale_scales_each_tensors_step_on_both_twins(monkeypatch):
     from analog_ep.hardware.chip import AnalogChip
     from analog_ep.run.loop import build, make_twins
 
-    base = ["model.hidden=[8]", "train.batch_size=4", "circuit.settle.time=1e-8", "relax.steps=4", "optim.grad_clip=0",
+    base = ["model.hidden=[8]", "train.batch_size=4", "circuit.settle.time=1e-8", "ep.steps=2", "relax.steps=4", "optim.grad_clip=0",
             "model.dtype=float64"]
     changes, original = {}, AnalogChip.write_outer
     for scale in ({}, {"weights.0": 3.0, "biases.0": 3.0}):

@@ -68,10 +68,10 @@ class ChipWriter:
         """The loaded gradients' update: the held matrices through the chip, the rest digitally."""
         chip, optimizer, step = self.chip, twin.optimizer, twin.current_step
         held = {n: p for n, p in twin.model.named_parameters() if chip.holds(n)}
+        group_of = {p: g for g in optimizer.param_groups for p in g["params"]}  # each tensor's lr (optim.lr_scale)
         if chip.config.write == "outer_product":
             terms, self.terms = self.terms or {}, None
             optimizer.step()  # the digital parameters: the held matrices have no gradient
-            group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
             lrs = {n: group_of[p]["lr"] for n, p in held.items()}
             decay = {n: lrs[n] * group_of[p]["weight_decay"] for n, p in held.items()
                      if group_of[p].get("weight_decay", 0) > 0}
@@ -85,7 +85,6 @@ class ChipWriter:
             counts = None
             if twin.optim_config.trust_ratio:
                 counts = {n: max(1, round(lr / chip.step_size[n])) for n, (_, lr) in on_chip.items()}
-            group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
             decay = {n: group_of[p]["lr"] * twin.optim_config.weight_decay for n, p in held.items()
                      if n in on_chip and twin.optim_config.weight_decay > 0}
             chip.last_pulses = chip.write(deltas, step, counts, decay)
@@ -98,7 +97,6 @@ class ChipWriter:
                     p.zero_()
             optimizer.step()
             deltas = {n: p.detach().clone() for n, p in held.items()}
-            group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
             decay = {n: group_of[p]["lr"] * twin.optim_config.weight_decay for n, p in held.items()} \
                 if twin.optim_config.weight_decay > 0 else None
             chip.last_pulses = chip.write(deltas, step, decay=decay)  # refresh() rewrites the mirrors

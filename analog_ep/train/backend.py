@@ -158,7 +158,8 @@ def check_backend(cfg, explicit: frozenset[str] | None = None) -> None:
     so the digital nudged phase's length and step (`ep.steps`, `ep.eps`) are realised only as the
     nudged phases' settle (`circuit.settle.nudge_time`, or `time` when that is 0): an RC circuit
     with a fixed nudged settle time T realises steps x eps x tau = T; a loop with a fixed time
-    realises eps = loop_eps and steps = T / pass_time passes; a monitored settle realises neither. `ep.select_cap` (the monitor is the circuit's adaptive T2), tracking AEP (the
+    realises eps = loop_eps and steps = T / pass_time passes; a monitored settle realises neither.
+    `ep.select_cap` (the monitor is the circuit's adaptive T2), tracking AEP (the
     co-processor linearises once, at the sampled free state) and holomorphic nudges (real node
     voltages) are not realised at all. Also refuses a circuit dt at which its integrator is
     unstable for the model's leak (`analog_ep.circuit.dynamics.check_step`). `explicit` defaults to

@@ -80,6 +80,18 @@ def cache_dir() -> Path:
 #: operators of earlier sessions keep their names).
 _ANDERSON_KEYED = ("anderson_memory", "anderson_tol", "anderson_damping")
 
+#: Optimizer fields added after the key was introduced: left out of it while at their defaults, so that a
+#: new option the training never used does not orphan a cached operator.
+_OPTIM_UNKEYED_AT_DEFAULT = ("lr_scale",)
+
+
+def _optim_text(optim: OptimizerConfig) -> str:
+    """repr(optim) without the fields of `_OPTIM_UNKEYED_AT_DEFAULT` that are at their defaults."""
+    default = OptimizerConfig()
+    fields = {k: v for k, v in asdict(optim).items()
+              if k not in _OPTIM_UNKEYED_AT_DEFAULT or v != getattr(default, k)}
+    return "OptimizerConfig(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+
 
 def _key(corpus_path: str, steps: int) -> str:
     relax_cfg, ep_cfg = training_configs()
@@ -91,7 +103,7 @@ def _key(corpus_path: str, steps: int) -> str:
                                if not k.startswith("anderson") or k in _ANDERSON_KEYED)
         relax_text = f"RelaxConfig({relax_text})"
     text = json.dumps({"steps": steps, "batch": BATCH, "relax": relax_text, "ep": repr(ep_cfg),
-                       "optim": repr(OptimizerConfig()), "stab": repr(StabilizerConfig()),
+                       "optim": _optim_text(OptimizerConfig()), "stab": repr(StabilizerConfig()),
                        "corpus": os.path.abspath(corpus_path), "size": os.path.getsize(corpus_path),
                        "torch": torch.__version__}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

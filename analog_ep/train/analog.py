@@ -174,11 +174,7 @@ class AnalogTwin(DigitalTwin):
     def evaluate_metrics(self, batches) -> tuple[float, float]:
         """(mean loss, accuracy) at the free phase's evaluated state (the circuit's own settles when set).
 
-        With `chip.learning: local` the held matrices are unknown to the writer: the optimizer steps them
-from zero (in a parameter group without weight decay), its result is the update, and weight
-decay is written by the chip's controller as for Lion's signs (`AnalogChip.write(decay=...)`).
-
-Evaluation draws its read noise and circuit noise from generators of its own, seeded
+        Evaluation draws its read noise and circuit noise from generators of its own, seeded
         afresh for every evaluation from the twin's seed: it never moves the training streams (so
         how often a run evaluates leaves training bit-identical), and every evaluation sees the
         same noise realisation (a function of the weights alone, like the fixed batches).

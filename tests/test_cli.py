@@ -143,6 +143,21 @@ def test_run_refuses_non_empty_out(run_dir):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_curves_are_redrawn_at_evaluations_and_at_the_end_only(tmp_path, monkeypatch):
+    """The README: curves.png is refreshed at every evaluation; the checkpoints between them write
+    the state and run.h5 but do not redraw it (a drawing costs more than a checkpoint's files)."""
+    import analog_ep.run.plot as plot
+
+    drawn = []
+    real = plot.plot_curves
+    monkeypatch.setattr(plot, "plot_curves", lambda path, history, *a, **k: (drawn.append(path), real(path, history, *a, **k)))
+    rc, _, stderr = call(["run", "--steps", "5", *set_args(TINY), "--set", "train.twins=[digital]", "--set",
+                          "train.eval_every=4", "--set", "train.checkpoint_every=1", "--quiet", "--out", str(tmp_path / "r")])
+    assert rc == 0, stderr
+    assert len(drawn) == 3  # step 0's evaluation, step 4's, the end (step 5); not steps 1, 2, 3
+    assert (tmp_path / "r" / "curves.png").is_file()
+
+
 def test_diagnose_json(capsys):
     from analog_ep.relax.solvers import relax
     from analog_ep.run.loop import build

@@ -239,8 +239,9 @@ class TrainConfig:
     """Fixed validation batches per evaluation (the same for every twin and every evaluation).
     Text data only: on classification data (digits) every held-out sample is evaluated."""
     checkpoint_every: int = 10
-    """Steps between checkpoints (state.pt, run.h5, best.pt, curves.png; every evaluation and the
-    last step also checkpoint): a kill loses at most this many steps (~13 s of the default job)."""
+    """Steps between checkpoints (state.pt, run.h5, best.pt; every evaluation and the last step also
+    checkpoint, and only they redraw curves.png): a kill loses at most this many steps (~11 s of
+    the default job)."""
     ema: float = 0.0
     """Parameter-EMA decay used for evaluation (0: off)."""
     seed: int = 0

@@ -1,0 +1,153 @@
+"""The free phase on a trained operator: force evaluations to residual 1e-4, Euler against Anderson.
+
+The operator is a run's digital twin (`--run DIR`, a run directory or its state.pt). Without
+`--run` it is the default job's: `analog-ep run rram_512 --set train.twins=[digital]` (200 steps,
+~1.5 min at two threads), trained once into the bench cache (`$ANALOG_EP_CACHE`, default
+~/.cache/analog-ep/bench) under a key of the resolved chip configuration and torch's version, and
+reused (the report says which).
+
+For each solver and each of `--batches` training batches, the free phase runs from the model's
+initial state; after every step the residual ||eps F(z)|| / ||z|| is checked, both over the whole
+batch (`global`, the number `relax` and the trainers report) and for every sample alone (`all`:
+the worst sample must reach it too). A free phase that stops there has spent k steps and the
+check's evaluation, k + 1 (as `bench/ep_step.py --levers` counts Euler; an Anderson step evaluates
+F at its starting point, so the check is the next step's evaluation). Prints one JSON object: per
+solver the median over batches of both counts (null: the median batch did not get there within
+`--budget`) and the per-batch counts.
+
+    python bench/free_phase.py --json
+    python bench/free_phase.py --run runs/rram_512 --batches 5 --json
+
+The research configuration's settled operator (C=128, near its Hopf instability) is measured by
+`python bench/ep_step.py --fast --reference auto --levers --json`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from analog_ep.config import RunConfig, load_config, merge, to_dict
+from analog_ep.diagnostics.diagnose import load_checkpoint
+from analog_ep.phase import Term
+from analog_ep.relax.solvers import Anderson, Euler
+from analog_ep.run.loop import build
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from settled import cache_dir  # noqa: E402  (the bench cache, shared with the settled research operator)
+
+#: The default job's digital twin (the operator the shipped default chip trains).
+DEFAULT_JOB = ("rram_512", ["train.twins=[digital]"])
+
+#: Solvers measured: Euler at the model's eps, and safeguarded Anderson (restart on residual growth)
+#: of the Euler step and of the leak's exact step h = 1/leak, at memories 3, 5 and 10.
+SOLVERS = ["euler"] + [f"anderson_m{m}_{h}" for m in (3, 5, 10) for h in ("euler_step", "leak_step")]
+
+
+def default_operator(log) -> Path:
+    """The default job's trained digital twin from the cache, training it first if absent."""
+    chip, sets = DEFAULT_JOB
+    cfg = load_config(chip, list(sets))
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=True)
+    key = hashlib.sha256((text + torch.__version__).encode()).hexdigest()[:16]
+    path = cache_dir() / f"trained_{chip}_digital_{key}"
+    if (path / "state.pt").is_file():
+        log(f"trained operator from the cache {path}")
+        return path
+    from analog_ep.cli.main import main as cli
+
+    log(f"training the operator: analog-ep run {chip} {' '.join('--set ' + s for s in sets)} (once; cached at {path})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".training-") as tmp:
+        rc = cli(["run", chip, *[a for s in sets for a in ("--set", s)], "--out", str(Path(tmp) / "run"), "--quiet"])
+        if rc != 0:
+            raise SystemExit(f"training the operator failed (exit {rc})")
+        shutil.move(str(Path(tmp) / "run"), str(path))  # the whole run appears at once
+    return path
+
+
+def solver_for(name: str, eps: float, leak: float):
+    """A fresh solver for a name of `SOLVERS` (Anderson: no tolerance of its own, the bench checks)."""
+    if name == "euler":
+        return Euler(eps)
+    memory = int(name.split("_")[1][1:])  # anderson_m<memory>_<step>
+    h = eps if name.endswith("euler_step") else 1.0 / leak
+    return Anderson(eps, memory, 1e-12, 1.0, h, 1.0)
+
+
+def evaluations_to(model, batches, name: str, eps: float, leak: float, target: float, budget: int) -> dict:
+    counts = {"global": [], "all": []}
+    for x, _ in batches:
+        with torch.no_grad():
+            x_in = model.drive(x)
+            term = Term(lambda z: model.force(z, x_in), model.leak)
+            solver = solver_for(name, eps, leak)
+            state = solver.init(term, model.initial_state(x_in))
+            reached = {"global": math.inf, "all": math.inf}
+            for k in range(budget):
+                z, f = state.z, term(state.z)
+                B = z.shape[0]
+                each = eps * f.reshape(B, -1).norm(dim=1) / z.reshape(B, -1).norm(dim=1)  # (B,)
+                if reached["global"] == math.inf and float(eps * f.norm() / z.norm()) <= target:
+                    reached["global"] = k + 1
+                if float(each.max()) <= target:
+                    reached["all"] = k + 1
+                    break
+                state = solver.step(term, state)
+        for kind in counts:
+            counts[kind].append(reached[kind])
+    out = {}
+    for kind, values in counts.items():
+        median = statistics.median(values)
+        out[kind] = median if math.isfinite(median) else None
+        out[f"{kind}_per_batch"] = [v if math.isfinite(v) else None for v in values]
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", help="a run directory (or its state.pt) whose digital twin is the operator "
+                    "(default: the default job's, trained once and cached)")
+    ap.add_argument("--batches", type=int, default=5, help="training batches (the median is over them)")
+    ap.add_argument("--target", type=float, default=1e-4, help="residual ||eps F|| / ||z|| to reach")
+    ap.add_argument("--budget", type=int, default=400, help="evaluations at most per free phase")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = (lambda m: print(m, file=sys.stderr))
+    run = Path(args.run) if args.run else default_operator(log)
+    state = load_checkpoint(str(run))
+    if "digital" not in state["twins"]:
+        raise SystemExit(f"{run}: the run has no digital twin (twins: {', '.join(state['twins'])})")
+    cfg = merge(RunConfig(), yaml.safe_load(state["config"]), str(run)).resolve()
+    corpus, model = build(cfg)
+    model.load_state_dict(state["twins"]["digital"]["model"])
+    eps, leak = cfg.relax.eps, float(model.leak)
+    batches = [corpus.batch("train", cfg.train.batch_size, torch.Generator().manual_seed(s)) for s in range(args.batches)]
+    report = {"operator": str(run), "step": state["step"], "target": args.target, "eps": eps, "leak": leak,
+              "batch_size": cfg.train.batch_size, "batches": args.batches, "budget": args.budget,
+              "threads": torch.get_num_threads(), "solvers": {}}
+    for name in SOLVERS:
+        report["solvers"][name] = evaluations_to(model, batches, name, eps, leak, args.target, args.budget)
+        log(f"{name}: {report['solvers'][name]['global']} (global), {report['solvers'][name]['all']} (every sample)")
+    best = min((v["global"] for k, v in report["solvers"].items() if k != "euler" and v["global"] is not None),
+               default=None)
+    report["best_anderson_global"] = best
+    report["goal_met"] = best is not None and best <= 25
+    print(json.dumps(report) if args.json else json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,8 +62,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, help="training steps (default: the chip file's 200)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, for both runs")
     ap.add_argument("--threads", type=int, default=0, help="OMP threads of the runs (0: torch's default)")
+    ap.add_argument("--keep", metavar="DIR", help="keep this checkout's run there (new or empty folder), e.g. "
+                    "for its curves.png")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
+    if args.keep and Path(args.keep).exists() and any(Path(args.keep).iterdir()):
+        raise SystemExit(f"--keep {args.keep}: not empty; name a new or empty folder")
     report: dict = {"steps": args.steps or 200, "overrides": args.set}
     with tempfile.TemporaryDirectory(prefix="analog-ep-default-job-") as tmp:
         tmp = Path(tmp)
@@ -81,6 +86,12 @@ def main(argv=None) -> dict:
         for name, code in versions.items():
             print(f"running the default job with {name} ({code}) ...", file=sys.stderr)
             report[name] = run_once(code, tmp / f"run_{name}", args.steps, args.set, args.threads)
+        if args.keep:
+            Path(args.keep).parent.mkdir(parents=True, exist_ok=True)
+            if Path(args.keep).exists():
+                Path(args.keep).rmdir()
+            shutil.move(str(tmp / "run_this"), args.keep)
+            report["kept"] = str(Path(args.keep).resolve())
     if "baseline" in report:
         this, base = report["this"], report["baseline"]
         report["wall_ratio"] = this["process_wall_s"] / base["process_wall_s"]

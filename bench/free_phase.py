@@ -18,8 +18,12 @@ solver the median over batches of both counts (null: the median batch did not ge
     python bench/free_phase.py --json
     python bench/free_phase.py --run runs/rram_512 --batches 5 --json
 
-The research configuration's settled operator (C=128, near its Hopf instability) is measured by
-`python bench/ep_step.py --fast --reference auto --levers --json`.
+`--research` measures the research configuration's 300-step settled operator instead (C=128, T=64,
+B=32 on the Shakespeare text, near its Hopf instability; `bench/settled.py` trains and caches it),
+with the leak's exact step h = 0.5 and 0.7, damping 1 and 0.7, and restart thresholds 1 and 2 too
+(`--grid`; 3 batches by default there).
+
+    python bench/free_phase.py --research --grid --batches 3 --json
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ from analog_ep.relax.solvers import Anderson, Euler
 from analog_ep.run.loop import build
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from settled import cache_dir  # noqa: E402  (the bench cache, shared with the settled research operator)
+from settled import SHAKESPEARE, cache_dir, research_corpus, settled_model  # noqa: E402  (the bench cache)
 
 #: The default job's digital twin (the operator the shipped default chip trains).
 DEFAULT_JOB = ("rram_512", ["train.twins=[digital]"])
@@ -75,11 +79,19 @@ def default_operator(log) -> Path:
     return path
 
 
+#: --grid: Anderson variants (memory, step h, damping, restart threshold) measured on top of `SOLVERS`.
+GRID = [f"anderson_m{m}_h{h}_d{d}_r{r}" for h in (0.5, 0.7) for m in (3, 5, 10) for d in (1.0, 0.7) for r in (1.0, 2.0)]
+
+
 def solver_for(name: str, eps: float, leak: float):
-    """A fresh solver for a name of `SOLVERS` (Anderson: no tolerance of its own, the bench checks)."""
+    """A fresh solver for a name of `SOLVERS` or `GRID` (Anderson: no tolerance of its own, the bench
+    checks)."""
     if name == "euler":
         return Euler(eps)
-    memory = int(name.split("_")[1][1:])  # anderson_m<memory>_<step>
+    parts = name.split("_")  # anderson_m<memory>_<euler_step | leak_step | h<h>_d<damping>_r<restart>>
+    memory = int(parts[1][1:])
+    if parts[2].startswith("h"):
+        return Anderson(eps, memory, 1e-12, float(parts[3][1:]), float(parts[2][1:]), float(parts[4][1:]))
     h = eps if name.endswith("euler_step") else 1.0 / leak
     return Anderson(eps, memory, 1e-12, 1.0, h, 1.0)
 
@@ -117,7 +129,11 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="a run directory (or its state.pt) whose digital twin is the operator "
                     "(default: the default job's, trained once and cached)")
-    ap.add_argument("--batches", type=int, default=5, help="training batches (the median is over them)")
+    ap.add_argument("--research", action="store_true", help="the research configuration's settled operator "
+                    "(bench/settled.py) instead of a run's")
+    ap.add_argument("--grid", action="store_true", help="also the Anderson variants of GRID")
+    ap.add_argument("--batches", type=int, help="training batches, the median is over them (default 5; 3 with "
+                    "--research)")
     ap.add_argument("--target", type=float, default=1e-4, help="residual ||eps F|| / ||z|| to reach")
     ap.add_argument("--budget", type=int, default=400, help="evaluations at most per free phase")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -126,19 +142,29 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     log = (lambda m: print(m, file=sys.stderr))
-    run = Path(args.run) if args.run else default_operator(log)
-    state = load_checkpoint(str(run))
-    if "digital" not in state["twins"]:
-        raise SystemExit(f"{run}: the run has no digital twin (twins: {', '.join(state['twins'])})")
-    cfg = merge(RunConfig(), yaml.safe_load(state["config"]), str(run)).resolve()
-    corpus, model = build(cfg)
-    model.load_state_dict(state["twins"]["digital"]["model"])
-    eps, leak = cfg.relax.eps, float(model.leak)
-    batches = [corpus.batch("train", cfg.train.batch_size, torch.Generator().manual_seed(s)) for s in range(args.batches)]
-    report = {"operator": str(run), "step": state["step"], "target": args.target, "eps": eps, "leak": leak,
-              "batch_size": cfg.train.batch_size, "batches": args.batches, "budget": args.budget,
-              "threads": torch.get_num_threads(), "solvers": {}}
-    for name in SOLVERS:
+    if args.research:
+        if args.run:
+            raise SystemExit("--research and --run name two operators: give one")
+        corpus = research_corpus(str(SHAKESPEARE))
+        model, cache = settled_model(corpus, str(SHAKESPEARE), log=log)
+        batches = [corpus.batch("train", 32, torch.Generator().manual_seed(s)) for s in range(args.batches or 3)]
+        eps, leak = 0.1, float(model.leak)
+        report = {"operator": cache["path"], "step": cache["steps"], "batch_size": 32}
+    else:
+        run = Path(args.run) if args.run else default_operator(log)
+        state = load_checkpoint(str(run))
+        if "digital" not in state["twins"]:
+            raise SystemExit(f"{run}: the run has no digital twin (twins: {', '.join(state['twins'])})")
+        cfg = merge(RunConfig(), yaml.safe_load(state["config"]), str(run)).resolve()
+        corpus, model = build(cfg)
+        model.load_state_dict(state["twins"]["digital"]["model"])
+        eps, leak = cfg.relax.eps, float(model.leak)
+        batches = [corpus.batch("train", cfg.train.batch_size, torch.Generator().manual_seed(s))
+                   for s in range(args.batches or 5)]
+        report = {"operator": str(run), "step": state["step"], "batch_size": cfg.train.batch_size}
+    report.update({"target": args.target, "eps": eps, "leak": leak, "batches": len(batches), "budget": args.budget,
+                   "threads": torch.get_num_threads(), "solvers": {}})
+    for name in SOLVERS + (GRID if args.grid else []):
         report["solvers"][name] = evaluations_to(model, batches, name, eps, leak, args.target, args.budget)
         log(f"{name}: {report['solvers'][name]['global']} (global), {report['solvers'][name]['all']} (every sample)")
     best = min((v["global"] for k, v in report["solvers"].items() if k != "euler" and v["global"] is not None),

@@ -213,7 +213,7 @@ def test_sweep_compare_and_export_work_on_mlp_runs(tmp_path):
         assert 0.0 <= row["final_val_accuracy_analog"] <= 1.0 and 0.0 <= row["final_val_accuracy_digital"] <= 1.0
     runs = sorted(p.parent for p in (tmp_path / "sweep").rglob("run.h5"))
     assert len(runs) == 2
-    code, out, err = cli("compare", *runs, "--json")
+    code, out, err = cli("compare", *runs, "--out", tmp_path / "compare.png", "--json")  # not into the cwd
     assert code == 0, err
     assert "accuracy" in out
     code, _, err = cli("export", runs[0])

@@ -434,13 +434,26 @@ def compose(path: str | Path) -> RunConfig:
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str] = ()) -> RunConfig:
-    """`cfg` with `--set key=value` texts applied; their keys join the explicit keys (not resolved)."""
-    keys = set(explicit_keys(cfg))
+    """`cfg` with `--set key=value` texts applied together (a later text wins on the same key), then
+    checked once: settings that must change together (chip.write and chip.learning) can be given in
+    any order. Their keys join the explicit keys (not resolved)."""
+    if not overrides:
+        return cfg
+    data: dict = {}
     for text in overrides:
-        data = parse_override(text)
-        cfg = merge(cfg, data, "--set")
-        keys |= dotted_keys(data, cfg)
-    return with_explicit_keys(cfg, keys)
+        _update_nested(data, parse_override(text))
+    cfg_keys = set(explicit_keys(cfg))
+    cfg = merge(cfg, data, "--set")
+    return with_explicit_keys(cfg, cfg_keys | dotted_keys(data, cfg))
+
+
+def _update_nested(into: dict, data: dict) -> None:
+    """Update the nested dict `into` with `data` in place, key by key at every depth."""
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _update_nested(into[key], value)
+        else:
+            into[key] = value
 
 
 def load_config(chip: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:

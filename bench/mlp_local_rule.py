@@ -3,7 +3,8 @@
 One digits batch, the MLP of chips/rram_mlp_digits.yaml at its initial weights, digital free and
 +-beta phases (settled); the local rule's rank-1 terms (`analog_ep.estimator.local`) in each form
 are turned into coincidence counts by the chip's pulse trains (`analog_ep.hardware.outer`,
-the chip's pulse step, bit length and update management, lr = the chip's peak lr) over `--draws`
+the chip's pulse step, bit length and update management, lr = the chip's peak lr times the matrix's
+`optim.lr_scale`) over `--draws`
 draws. Printed (one JSON object), per form and crossbar: cosine and relative error of the
 realised change against lr x the exact local update, averaged over draws, and pulses per step.
 
@@ -44,16 +45,17 @@ def main() -> None:
     from dataclasses import replace
     ep = replace(ep, steps=200, eps=0.5)
     adjoint = estimate_adjoint(model, x_in, y, free, ep)
-    out = {"lr": lr, "draws": args.draws, "batch": cfg.train.batch_size}
+    out = {"lr": lr, "lr_scale": cfg.optim.lr_scale, "draws": args.draws, "batch": cfg.train.batch_size}
     for form in ("naive", "rank2"):
         update = local_update(model, x_in, free, adjoint, ep, form)
         gen = torch.Generator().manual_seed(1)
         for name, (xs, ds, scale) in update.terms.items():
             step = chip.step_size[name]
-            want = -lr * update.dense(name).double()  # the change the rule asks for, model units
+            lr_name = lr * cfg.optim.lr_scale.get(name, 1.0)  # the matrix's own lr (optim.lr_scale)
+            want = -lr_name * update.dense(name).double()  # the change the rule asks for, model units
             cos, err, pulses = 0.0, 0.0, 0
             for _ in range(args.draws):
-                up, down = coincidences(xs, ds, lr * scale, step, cfg.chip.pulse_bits, cfg.chip.bl_management,
+                up, down = coincidences(xs, ds, lr_name * scale, step, cfg.chip.pulse_bits, cfg.chip.bl_management,
                                         cfg.chip.update_management, gen)
                 got = (up - down).double() * step
                 cos += float(torch.dot(got.flatten(), want.flatten()) / (got.norm() * want.norm() + 1e-30))

@@ -143,6 +143,17 @@ def test_run_refuses_non_empty_out(run_dir):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_overrides_are_checked_together_in_any_order():
+    """Settings that must change together are accepted in either order; alone, the pair's rule refuses."""
+    for order in (["chip.learning=coprocessor", "chip.write=quantized"],
+                  ["chip.write=quantized", "chip.learning=coprocessor"]):
+        rc, _, err = call(["validate", "rram_mlp_digits", *set_args(order)])
+        assert rc == 0, err
+    rc, _, err = call(["validate", "rram_mlp_digits", *set_args(["chip.learning=coprocessor"])])
+    assert rc == 2 and "outer-product writes need the measured rates of local learning" in err
+    assert load_config("rram_512", ["train.steps=3", "train.steps=5"]).train.steps == 5  # the later one wins
+
+
 def test_curves_are_redrawn_at_evaluations_and_at_the_end_only(tmp_path, monkeypatch):
     """The README: curves.png is refreshed at every evaluation; the checkpoints between them write
     the state and run.h5 but do not redraw it (a drawing costs more than a checkpoint's files)."""

@@ -85,12 +85,15 @@ def main(argv=None) -> dict:
             report["baseline_rev"] = rev.stdout.strip()
         for name, code in versions.items():
             print(f"running the default job with {name} ({code}) ...", file=sys.stderr)
-            report[name] = run_once(code, tmp / f"run_{name}", args.steps, args.set, args.threads)
+            # this checkout's run under the name it is kept as (its curves.png is titled by it)
+            run = tmp / name / Path(args.keep).name if args.keep and name == "this" else tmp / f"run_{name}"
+            run.parent.mkdir(parents=True, exist_ok=True)
+            report[name] = run_once(code, run, args.steps, args.set, args.threads)
         if args.keep:
             Path(args.keep).parent.mkdir(parents=True, exist_ok=True)
             if Path(args.keep).exists():
                 Path(args.keep).rmdir()
-            shutil.move(str(tmp / "run_this"), args.keep)
+            shutil.move(str(tmp / "this" / Path(args.keep).name), args.keep)
             report["kept"] = str(Path(args.keep).resolve())
     if "baseline" in report:
         this, base = report["this"], report["baseline"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,7 +208,7 @@ def damage(run: Path, how: str) -> None:
         data = (run / "run.h5").read_bytes()
         (run / "run.h5").write_bytes(data[: len(data) // 2])
     elif how == "corrupt_state":
-        (run / "state.pt").write_bytes(os.urandom(4096))
+        (run / "state.pt").write_bytes(random.Random(0).randbytes(4096))
     elif how == "truncate_state":
         data = (run / "state.pt").read_bytes()
         (run / "state.pt").write_bytes(data[: len(data) // 3])
@@ -255,3 +256,15 @@ def test_bad_input_is_one_line_exit_2_and_costs_nothing(name, finished_run, tmp_
     assert not paths["out"].exists(), "a rejected new run created its directory"
     assert snapshot(paths["run"]) == before, "an existing run directory was modified"
     assert paths["file"].read_text() == "keep me"
+
+
+def test_any_corrupt_state_is_a_config_error(tmp_path):
+    """Unpickling arbitrary bytes raises almost any exception type (OverflowError, struct.error, ...):
+    every one of 300 seeded random state files is refused as a ConfigError saying it is corrupt."""
+    from analog_ep.errors import ConfigError
+    from analog_ep.run.loop import read_state
+
+    for seed in range(300):
+        (tmp_path / "state.pt").write_bytes(random.Random(seed).randbytes(4096))
+        with pytest.raises(ConfigError, match="truncated or corrupt"):
+            read_state(tmp_path)

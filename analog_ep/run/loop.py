@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-import pickle
 import signal
 import threading
 import time
@@ -55,11 +54,13 @@ REFERENCE_ORDER = ("digital", "bptt")
 def reference_twin(twins) -> str | None:
     """The twin whose divergence is the run's: digital, else bptt, else none (an analog-only run)."""
     return next((name for name in REFERENCE_ORDER if name in twins), None)
+
+
 #: Keys `--resume` may change: they extend or re-pace the run without changing what it trains.
 RESUMABLE_KEYS = ("train.steps", "train.eval_every", "train.checkpoint_every")
-#: What torch.load raises for a truncated or corrupt file (it has no exception of its own).
-_UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, ImportError,
-               IndexError, pickle.UnpicklingError)
+#: What torch.load raises for a truncated or corrupt file: it has no exception of its own, and
+#: unpickling arbitrary bytes raises almost any type (OverflowError, struct.error, MemoryError, ...).
+_UNREADABLE = (Exception,)
 
 
 def load_data(cfg: RunConfig):

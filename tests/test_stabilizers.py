@@ -403,7 +403,7 @@ def test_twin_state_dict_round_trip(spectral_bound):
     assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
     x, y = successor_batch(gen)
     ra, rb = a.step(x, y, 4), b.step(x, y, 4)
-    diff = max(float((p - q).abs().max()) for p, q in zip(a.model.parameters(), b.model.parameters()))
+    diff = max(float((p - q).detach().abs().max()) for p, q in zip(a.model.parameters(), b.model.parameters()))
     print(f"\nspectral_bound={spectral_bound}: after one more step max |param diff| {diff:.3e}; "
           f"lambda {ra.jacreg:.5f} vs {rb.jacreg:.5f}")
     assert ra == rb

@@ -24,7 +24,7 @@ data.center false to the MLP chips; rram_mlp_digits re-tuned: range_factor 6, dw
 adc_bits 10, adc_bound 8, dt 5e-09, settle time 1e-07, data.center, relax/ep eps 0.5 x 20 steps, SGD lr 0.3
 with lr_scale {weights.0: 3, biases.0: 3}, no weight decay or clipping, batch 64, 600 steps; no
 other key moved), and when the MLP chip met its digital target (issue 9: rram_mlp_digits' ep.beta
-0.5 -> 1.0; no other key moved), and when pcm_256 and ecram_256 took rram_512's settle levers (issue 11: circuit.dynamics.dt 1.0e-09 -> 2.0e-09 and circuit.settle.nudge_time 0.0 -> 1.5e-08 in both; no other key moved), and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
+0.5 -> 1.0; no other key moved), and when pcm_256 took rram_512's settle levers (issue 11: circuit.dynamics.dt 1.0e-09 -> 2.0e-09 and circuit.settle.nudge_time 0.0 -> 1.5e-08) and optical_128 its own (circuit.settle.nudge_time 0.0 -> 3.0e-08, 15 passes of its loop; no other key moved), and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
 shipped chip file, fails here: if it is meant, regenerate the file from `validate --show` and say so.
 """
 from __future__ import annotations

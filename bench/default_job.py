@@ -83,17 +83,18 @@ def main(argv=None) -> dict:
             subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
             versions["baseline"] = base
             report["baseline_rev"] = rev.stdout.strip()
+        runs = {name: tmp / f"run_{name}" for name in versions}
+        if args.keep:  # this checkout's run under the name it is kept as (its curves.png is titled by it)
+            runs["this"] = tmp / "this" / Path(args.keep).name
         for name, code in versions.items():
             print(f"running the default job with {name} ({code}) ...", file=sys.stderr)
-            # this checkout's run under the name it is kept as (its curves.png is titled by it)
-            run = tmp / name / Path(args.keep).name if args.keep and name == "this" else tmp / f"run_{name}"
-            run.parent.mkdir(parents=True, exist_ok=True)
-            report[name] = run_once(code, run, args.steps, args.set, args.threads)
+            runs[name].parent.mkdir(parents=True, exist_ok=True)
+            report[name] = run_once(code, runs[name], args.steps, args.set, args.threads)
         if args.keep:
             Path(args.keep).parent.mkdir(parents=True, exist_ok=True)
             if Path(args.keep).exists():
                 Path(args.keep).rmdir()
-            shutil.move(str(tmp / "this" / Path(args.keep).name), args.keep)
+            shutil.move(str(runs["this"]), args.keep)
             report["kept"] = str(Path(args.keep).resolve())
     if "baseline" in report:
         this, base = report["this"], report["baseline"]

@@ -100,7 +100,10 @@ class EquilibriumTransformer(EquilibriumModel):
             # Embeddings on a crossbar: a lookup is the read of one row (a one-hot input).
             onehot = F.one_hot(idx, self.config.vocab_size).to(self.tok.dtype)  # (B, T, V)
             return self.product(onehot, "tok") + pos
-        return self.weight("tok")[idx] + pos  # (B, T, C)
+        # F.embedding, not tok[idx]: its backward accumulates in a fixed order, where indexing's
+        # (index_put_ with accumulate) sums repeated tokens in an order that varies between
+        # processes when it runs on several threads, and a last-bit difference flips a sign update
+        return F.embedding(idx, self.weight("tok")) + pos  # (B, T, C)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape

@@ -1,30 +1,8 @@
 """One schema: defaults live in the dataclasses, the shipped chips resolve to their snapshots, the
 schema loads without torch or aihwkit, `resolve()` copies, and explicit keys are tracked.
 
-The snapshots in tests/snapshots/ are `analog-ep validate CHIP --show` as captured before the
-defaults moved out of `RunConfig`'s factories into the dataclasses (with `circuit.circuit` renamed
-`circuit.dynamics`), regenerated once on purpose when the reliability fields were added
-(chip.cycle_noise, train.checkpoint_every, stabilizers.diverge_*, abort_patience 100 -> 20; no
-other key moved), and again when the circuit work landed (circuit.energy.p_laser, e_modulator,
-e_detector added - optical_128's from its circuit file; rc_crossbar's integrator euler -> exp_euler),
-then when the MLP came to the CLI (issue 9: model.kind 'transformer' and data.kind 'text' added to
-every transformer chip; chip.learning 'coprocessor', chip.local_update, chip.pulse_bits,
-chip.bl_management, chip.update_management added with their defaults; no other key moved; the MLP
-chips ideal_mlp_digits and rram_mlp_digits captured new),
-and when the linear nudge was added (ep.nudge: nonlinear and ep.nudge_tol: 0.001 added to every
-file, issue 11; no other key moved),
-and when on-chip learning landed (chip.learning, which every shipped chip sets to coprocessor, and
-chip.periphery_backward, all null: transposed reads inherit the forward converters; no other key
-moved), and when Anderson got its safeguard (relax.anderson_step: 0.0 and relax.anderson_restart: 1.0
-added to every file, issue 11; no other key moved), and when the circuit's nudged phases got their own settle time (issue 11:
-circuit.settle.nudge_time added to every file, 0.0 = as the free phase; rram_512 sets it to
-1.5e-08 s, the digital twin's T2, and circuit.dynamics.dt 1.0e-09 -> 2.0e-09; no other key
-moved), and when the MLP chip met its targets (issue 9: optim.lr_scale {} added to every file and
-data.center false to the MLP chips; rram_mlp_digits re-tuned: range_factor 6, dw_min 0.0005,
-adc_bits 10, adc_bound 8, dt 5e-09, settle time 1e-07, data.center, relax/ep eps 0.5 x 20 steps, SGD lr 0.3
-with lr_scale {weights.0: 3, biases.0: 3}, no weight decay or clipping, batch 64, 600 steps; no
-other key moved), and when the MLP chip met its digital target (issue 9: rram_mlp_digits' ep.beta
-0.5 -> 1.0; no other key moved), and when pcm_256 took rram_512's settle levers (issue 11: circuit.dynamics.dt 1.0e-09 -> 2.0e-09 and circuit.settle.nudge_time 0.0 -> 1.5e-08) and optical_128 its own (circuit.settle.nudge_time 0.0 -> 3.0e-08, 15 passes of its loop; no other key moved), and `defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
+The snapshots in tests/snapshots/ are `analog-ep validate CHIP --show` of every shipped chip, and
+`defaults.yaml` is `RunConfig()` itself. A change of any default, or of a
 shipped chip file, fails here: if it is meant, regenerate the file from `validate --show` and say so.
 """
 from __future__ import annotations

@@ -32,6 +32,9 @@ its settle time t_settle plus its lock-in window t_window = (lockin - 1) x locki
         t = t_adc x (2 + products) (the token vectors' converters work in parallel, as when
             sampling the nodes; the products one after another).
   The stabilisers' products (the Jacobian penalty's) are not counted in either mode.
+* the write controller's reads (`controller_read_cost`: write-verify, weight decay's reads), each
+  a read of one array row by row, every device converted once:
+        E = (e_adc + e_detector) x devices read,  t = t_adc x rows read (one array after another).
 
 Latency = settle times + sampling times + update reads + write rounds (one after another).
 
@@ -59,20 +62,24 @@ class StepCost:
     """Reading every device once (chip.learning: coprocessor): the co-processor's knowledge."""
     update_read_j: float = 0.0
     """The estimator's reads through the tiles (chip.learning: local)."""
+    controller_read_j: float = 0.0
+    """The write controller's reads (write-verify, weight decay), `controller_read_cost`."""
     settle_s: float = 0.0
     adc_s: float = 0.0
     write_s: float = 0.0
     readout_s: float = 0.0
     update_read_s: float = 0.0
+    controller_read_s: float = 0.0
 
     @property
     def energy_j(self) -> float:
         return (self.read_j + self.laser_j + self.modulator_j + self.detector_j + self.adc_j + self.write_j
-                + self.readout_j + self.update_read_j)
+                + self.readout_j + self.update_read_j + self.controller_read_j)
 
     @property
     def latency_s(self) -> float:
-        return self.settle_s + self.adc_s + self.write_s + self.readout_s + self.update_read_s
+        return (self.settle_s + self.adc_s + self.write_s + self.readout_s + self.update_read_s
+                + self.controller_read_s)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "energy_j": self.energy_j, "latency_s": self.latency_s}
@@ -113,6 +120,13 @@ def phase_cost(cost: StepCost, config: EnergyConfig, load: ChipLoad, *, settle_t
 def write_cost(cost: StepCost, config: EnergyConfig, pulses: int, rounds: int) -> None:
     cost.write_j += config.e_pulse * pulses
     cost.write_s += config.t_pulse * rounds
+
+
+def controller_read_cost(cost: StepCost, config: EnergyConfig, devices: int, rows: int) -> None:
+    """Add the write controller's reads of this step: `devices` conversions over `rows` row reads
+    (module docstring)."""
+    cost.controller_read_j += (config.e_adc + config.e_detector) * devices
+    cost.controller_read_s += config.t_adc * rows
 
 
 def readout_cost(cost: StepCost, config: EnergyConfig, load: ChipLoad) -> None:

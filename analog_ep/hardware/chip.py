@@ -18,8 +18,9 @@ checkpoints).
 
 Writes take the desired change of each matrix (model units) and realise it through the device:
 'sign_pulse' sends at most one pulse per device per round (Lion's sign update), 'quantized'
-rounds the change to whole pulses (at most `max_pulses`) stochastically, 'ideal' sets the
-weights exactly. 'outer_product' (`write_outer`) takes rank-1 terms instead of a change: the
+rounds the change to whole pulses (at most `max_pulses`) stochastically, 'mixed_precision'
+accumulates the change in a digital residual per weight and pulses a device only for the whole
+pulse steps its residual holds (Nandakumar et al. 2020), 'ideal' sets the weights exactly. 'outer_product' (`write_outer`) takes rank-1 terms instead of a change: the
 in-memory update of analog SGD, by stochastic pulse trains (`analog_ep.hardware.outer`).
 
 The write controller is what a chip's digital controller would hold, and no more:
@@ -36,6 +37,13 @@ The write controller is what a chip's digital controller would hold, and no more
 * Program-and-verify reads through the periphery as well (converters, read noise, mismatch,
   levels), so it stops on what the chip sees; its report also says how far the devices really
   ended (`ProgramReport`).
+* Mixed precision (`write: mixed_precision`) holds one digital word per weight, the residual in
+  nominal pulse steps: the update is added to it, a device gets trunc(residual) pulses (at most
+  `max_pulses`) and those leave the residual.
+* Write-verify (`chip.verify`) holds the nominal value of every weight (its programmed target
+  plus every pulse sent, times the nominal step) and, after a write, reads the pulsed arrays
+  through the periphery and re-pulses the written devices that read further than the tolerance
+  from their nominal values, round after round (`VerifyConfig`).
 """
 from __future__ import annotations
 
@@ -129,7 +137,10 @@ class AnalogChip:
         # The write controller's own randomness (stochastic rounding), seeded from the chip.
         self.write_generator = torch.Generator().manual_seed(config.seed + 2)
         self.decay_owed: dict[str, float] = {}  # matrix -> weight-decay fraction not yet written
+        self.residual: dict[str, torch.Tensor] = {}  # mixed_precision: matrix -> residual, nominal pulse steps
+        self.nominal: dict[str, torch.Tensor] = {}  # write-verify: matrix -> nominal weights, model units
         self.reads = 0  # matrix-vector reads the controller issued (verification, decay), not relaxations
+        self.read_devices = 0  # devices those reads converted (rows x columns of each read matrix)
         gen = torch.Generator().manual_seed(config.seed)
         self.cycle_generator = torch.Generator().manual_seed(construction_seed(config.seed, "cycle noise", (0, 0)))
         self.cycle_noise = CycleNoise(config.device.device(0), config.device.differential, self.cycle_generator) \
@@ -152,8 +163,11 @@ class AnalogChip:
                 left = arr.read() - W
                 self.reports[name] = ProgramReport(0, 0, float(left.abs().max()), float(left.pow(2).mean().sqrt()))
             self.programming[name] = {"target": W, "programmed": arr.device_conductances()}
+            if config.verify.rounds > 0:
+                self.nominal[name] = W.clone()
         self.last_rounds = 0  # pulse rounds of the last write (the slowest array)
         self.last_pulses = 0  # pulses of the last write
+        self.last_verify_pulses = 0  # of which write-verify's
         model.hardware = self
         self.refresh()
 
@@ -206,8 +220,9 @@ class AnalogChip:
     def read_matrix(self, name: str) -> torch.Tensor:
         """The matrix as the chip reads it, (in, out) model units: a one-hot input per row through
         the periphery (DAC, read noise, ADC, mismatch, levels), one matrix-vector read each."""
-        rows = self.arrays[name].shape[0]
+        rows, cols = self.arrays[name].shape
         self.reads += rows
+        self.read_devices += rows * cols
         return self.matmul(name, torch.eye(rows))
 
     def _fresh_read(self, name: str) -> torch.Tensor:
@@ -280,7 +295,7 @@ class AnalogChip:
         adds decoupled weight decay W <- (1 - f) W, for updates that do not carry it (Lion's signs):
         exact for 'ideal' writes, else owed and written as pulses (module docstring).
         """
-        sent, self.last_rounds = 0, 0
+        sent, self.last_rounds, self.last_verify_pulses = 0, 0, 0
         decay = decay or {}
         cap = self.config.max_pulses
         for name in dict.fromkeys([*deltas, *decay]):
@@ -293,16 +308,43 @@ class AnalogChip:
                 pulses = torch.zeros(arr.shape)
             elif self.config.write == "sign_pulse":
                 pulses = torch.sign(delta) * min((pulse_counts or {}).get(name, 1), cap)
+            elif self.config.write == "mixed_precision":
+                owed = self.residual.get(name, torch.zeros(arr.shape)) + delta.float() / self.step_size[name]
+                pulses = torch.trunc(owed).clamp_(-cap, cap)
+                self.residual[name] = owed - pulses
             else:
                 pulses = self.stochastic_round(delta / self.step_size[name]).clamp(-cap, cap)
             if name in decay:
                 pulses = (pulses + self._decay_pulses(name, decay[name])).clamp(-cap, cap)
             rounds = int(pulses.abs().max()) if pulses.numel() else 0
-            self.last_rounds = max(self.last_rounds, rounds)  # arrays are written in parallel
             for k in range(1, rounds + 1):  # round k pulses the devices that still owe >= k pulses
                 sent += arr.pulse((torch.sign(pulses) * (pulses.abs() >= k)).to(torch.int8), step)
+            if name in self.nominal:
+                self.nominal[name] += pulses * self.step_size[name]
+                verified, extra = self._verify(name, pulses != 0, step)
+                sent, rounds = sent + verified, rounds + extra
+                self.last_verify_pulses += verified
+            self.last_rounds = max(self.last_rounds, rounds)  # arrays are written in parallel
         self.refresh()
         return sent
+
+    def _verify(self, name: str, written: torch.Tensor, step: int) -> tuple[int, int]:
+        """Write-verify of one array after a write (`VerifyConfig`): read it through the periphery
+        and re-pulse the `written` devices that read further than the tolerance from their nominal
+        values, toward them, until none does or the rounds run out. Returns (pulses, rounds)."""
+        if not bool(written.any()):
+            return 0, 0
+        cfg, arr = self.config.verify, self.arrays[name]
+        tolerance = cfg.tolerance * self.step_size[name]
+        sent = rounds = 0
+        while rounds < cfg.rounds:
+            error = self.nominal[name] - self._fresh_read(name)
+            miss = written & (error.abs() > tolerance)
+            if not bool(miss.any()):
+                break
+            sent += arr.pulse((torch.sign(error) * miss).to(torch.int8), step)
+            rounds += 1
+        return sent, rounds
 
     @torch.no_grad()
     def write_outer(self, terms: dict[str, tuple[torch.Tensor, torch.Tensor, float]], lrs: dict[str, float],
@@ -392,7 +434,10 @@ class AnalogChip:
                 "ledger_rounds": len(self.ledger),
                 # the write controller: stochastic rounding's generator, owed weight decay, its reads
                 "write_generator": self.write_generator.get_state(), "decay_owed": dict(self.decay_owed),
-                "reads": self.reads}
+                "reads": self.reads, "read_devices": self.read_devices,
+                # mixed precision's residuals and write-verify's nominal weights (digital words per weight)
+                "residual": {n: r.clone() for n, r in self.residual.items()},
+                "nominal": {n: w.clone() for n, w in self.nominal.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         for name, arr in self.arrays.items():
@@ -401,4 +446,8 @@ class AnalogChip:
         self.cycle_generator.set_state(state["cycle_generator"])
         self.write_generator.set_state(state["write_generator"])
         self.decay_owed, self.reads = dict(state["decay_owed"]), state["reads"]
+        # states saved before mixed precision and write-verify existed hold neither
+        self.read_devices = state.get("read_devices", 0)
+        self.residual = {n: r.clone() for n, r in state.get("residual", {}).items()}
+        self.nominal = {n: w.clone() for n, w in state.get("nominal", self.nominal).items()}
         self.refresh()

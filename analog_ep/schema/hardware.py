@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 
 from analog_ep.errors import check
 
-WRITES = ("sign_pulse", "quantized", "ideal", "outer_product")
+WRITES = ("sign_pulse", "quantized", "mixed_precision", "ideal", "outer_product")
+#: Who computes the update (`ChipConfig.learning`).
 LEARNING = ("coprocessor", "local")
 LOCAL_UPDATES = ("rank2", "naive")
 PROGRAMS = ("ideal", "verify")
 CYCLE_NOISE = ("seeded", "aihwkit")
 NOISE_MANAGEMENT = ("abs_max", "none")
-#: Who computes the update (`ChipConfig.learning`).
-LEARNING = ("coprocessor", "local")
 
 #: aihwkit presets usable by name: device models fitted to published measurements.
 #: name -> (class in `aihwkit.simulator.presets.devices`, what it models).
@@ -280,6 +279,32 @@ def _is_int(v) -> bool:
 
 
 @dataclass
+class VerifyConfig:
+    """Write-verify: after each training write, read the written devices back through the
+    periphery and re-pulse those that missed, as chips do against write noise.
+
+    The controller keeps the nominal value of every held weight (one digital word per weight:
+    its programmed target plus every pulse it sent, times the nominal pulse step). After a write
+    it reads each array it pulsed (`AnalogChip.read_matrix`: one read per input row, with the
+    converters and read noise), and every device pulsed in this write whose read is further than
+    `tolerance` nominal pulse steps from its nominal value gets one pulse toward it; read and
+    repeat, at most `rounds` times. Verify pulses are pulses (ledger, energy, schedule); its
+    reads are counted with the controller's other reads."""
+
+    rounds: int = 0
+    """Re-pulse rounds after each write (0: no verification)."""
+    tolerance: float = 8.0
+    """A written device passes once its read is within this many nominal pulse steps of its
+    nominal value. Below half the read's resolution (an ADC step in tile units over dw_min) it
+    can only pass by chance."""
+
+    def __post_init__(self):
+        check(_is_int(self.rounds) and self.rounds >= 0, "verify.rounds", self.rounds, "must be an integer >= 0",
+              "0 turns write-verify off")
+        check(self.tolerance > 0, "verify.tolerance", self.tolerance, "must be > 0 (nominal pulse steps)")
+
+
+@dataclass
 class ChipConfig:
     """Devices, periphery, tiling and write scheme of one chip."""
 
@@ -330,12 +355,6 @@ class ChipConfig:
     `learning: local`: stochastic pulse trains on rows and columns, each device pulsed by their
     coincidences, no per-weight digital work; see `analog_ep.hardware.outer`). Weight decay is
     written as pulses in every mode."""
-    learning: str = "coprocessor"
-    """Where the update is computed. 'coprocessor': a digital co-processor that knows every
-    conductance forms the EP gradient (a vector-Jacobian product at the chip's effective weights).
-    'local': nothing in the update path reads conductances; for the equilibrium MLP each crossbar's
-    update is built from its two layers' measured rates at the free and nudged equilibria (the EP
-    rule of a layered Hopfield network, `analog_ep.estimator.local`)."""
     local_update: str = "rank2"
     """How `learning: local` writes an MLP crossbar's change (r+ r+'^T - r- r-'^T) / (2 beta) as rank-1
     updates: 'rank2' = [(r+ - r-)(r+' + r-')^T + (r+ + r-)(r+' - r-')^T] / (4 beta), two updates per
@@ -353,7 +372,10 @@ class ChipConfig:
     max|x|), q_j = |d_j| sqrt(k max|x| / max|d|), k = lr / (dw BL) (aihwkit update_management);
     off: p_i = |x_i| sqrt(k), q_j = |d_j| sqrt(k). Probabilities are clipped at 1."""
     max_pulses: int = 8
-    """Cap on pulses per device per step for 'quantized' writes and trust-ratio gains."""
+    """Cap on pulses per device per step for 'quantized' and 'mixed_precision' writes and
+    trust-ratio gains."""
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    """Write-verify after each pulsed training write (`VerifyConfig`; off by default)."""
     seed: int = 0
     """Chip seed: device-to-device variation and mismatch are drawn once from it."""
     cycle_noise: str = "seeded"
@@ -369,11 +391,11 @@ class ChipConfig:
             self.periphery = PeripheryConfig(**self.periphery)
         if isinstance(self.periphery_backward, dict):
             self.periphery_backward = BackwardPeripheryConfig(**self.periphery_backward)
+        if isinstance(self.verify, dict):
+            self.verify = VerifyConfig(**self.verify)
         check(self.learning in LEARNING, "learning", self.learning, "unknown learning mode",
               f"use one of {', '.join(LEARNING)}")
         check(self.write in WRITES, "write", self.write, "unknown write scheme", f"use one of {', '.join(WRITES)}")
-        check(self.learning in LEARNING, "learning", self.learning, "unknown learning mode",
-              f"use one of {', '.join(LEARNING)}")
         check(self.local_update in LOCAL_UPDATES, "local_update", self.local_update, "unknown local update form",
               f"use one of {', '.join(LOCAL_UPDATES)}")
         check(self.write != "outer_product" or self.learning == "local", "write", self.write,
@@ -386,5 +408,8 @@ class ChipConfig:
             check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1", "e.g. 512 (a 512x512 array)")
         check(self.range_factor > 0, "range_factor", self.range_factor, "must be > 0")
         check(self.max_pulses >= 1, "max_pulses", self.max_pulses, "must be >= 1")
+        check(self.verify.rounds == 0 or self.write not in ("ideal", "outer_product"), "verify.rounds",
+              self.verify.rounds, f"write-verify checks pulsed writes, not '{self.write}' ones",
+              "use write: sign_pulse, quantized or mixed_precision, or verify.rounds: 0")
         check(self.cycle_noise in CYCLE_NOISE, "cycle_noise", self.cycle_noise, "unknown noise source",
               f"use one of {', '.join(CYCLE_NOISE)}")

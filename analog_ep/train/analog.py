@@ -53,20 +53,24 @@ EVALUATION_SEED = 0x5EED_E7A1
 
 
 class ChipWriter:
-    """Writes an update through the chip (see module docstring); `pulses` and `rounds` are this
+    """Writes an update through the chip (see module docstring); `pulses`, `rounds` and `reads`
+    (the controller's row reads and devices converted: write-verify, weight decay) are this
     step's (0 until something is written)."""
 
     def __init__(self, chip: AnalogChip):
         self.chip = chip
         self.pulses = self.rounds = 0
+        self.reads = (0, 0)
         self.terms: dict | None = None  # outer_product: this step's rank-1 terms (`AnalogTwin.ep_grads`)
 
     def begin(self) -> None:
         self.pulses = self.rounds = self.chip.last_pulses = self.chip.last_rounds = 0
+        self.reads = (0, 0)
 
     def write(self, twin: DigitalTwin) -> None:
         """The loaded gradients' update: the held matrices through the chip, the rest digitally."""
         chip, optimizer, step = self.chip, twin.optimizer, twin.current_step
+        reads_before = (chip.reads, chip.read_devices)
         held = {n: p for n, p in twin.model.named_parameters() if chip.holds(n)}
         group_of = {p: g for g in optimizer.param_groups for p in g["params"]}  # each tensor's lr (optim.lr_scale)
         if chip.config.write == "outer_product":
@@ -106,6 +110,7 @@ class ChipWriter:
             deltas = {n: p.detach() - before[n] for n, p in held.items()}
             chip.last_pulses = chip.write(deltas, step)  # refresh() mirrors the tiles
         self.pulses, self.rounds = chip.last_pulses, chip.last_rounds
+        self.reads = (chip.reads - reads_before[0], chip.read_devices - reads_before[1])
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import torch
 
 from analog_ep.circuit.dynamics import CircuitConfig, check_step, circuit_solver
-from analog_ep.circuit.energy import (ChipLoad, EnergyConfig, StepCost, phase_cost, readout_cost, update_read_cost,
+from analog_ep.circuit.energy import (ChipLoad, EnergyConfig, StepCost, controller_read_cost, phase_cost,
+                                     readout_cost, update_read_cost,
                                       write_cost)
 from analog_ep.circuit.measure import Settle, SettleConfig, circuit_adjoint, settle_free
 from analog_ep.errors import ConfigError
@@ -90,7 +91,8 @@ class DigitalBackend:
                 generator: torch.Generator | None) -> Adjoint:
         return estimate_adjoint(model, x_in, y, free.z, self.ep_config, self.reads)
 
-    def cost(self, model, free: FreePhase, adjoint: Adjoint | None, pulses: int, rounds: int) -> StepCosts:
+    def cost(self, model, free: FreePhase, adjoint: Adjoint | None, pulses: int, rounds: int,
+             reads: tuple[int, int] = (0, 0)) -> StepCosts:
         return StepCosts(settle_time=None, energy=None)
 
     def nudge_gain(self, y: torch.Tensor) -> float:
@@ -123,7 +125,10 @@ class CircuitBackend:
         per-token nudge (`SettleConfig.nudge_per_token`), else 1."""
         return float(y.numel()) if self.settle_config.nudge_per_token else 1.0
 
-    def cost(self, model, free: FreePhase, adjoint: Adjoint | None, pulses: int, rounds: int) -> StepCosts:
+    def cost(self, model, free: FreePhase, adjoint: Adjoint | None, pulses: int, rounds: int,
+             reads: tuple[int, int] = (0, 0)) -> StepCosts:
+        """The step's energy and latency; `reads` = (row reads, devices converted) of the write
+        controller (`AnalogChip.read_matrix`)."""
         cfg, s = self.energy_config, self.settle_config
         load = self.load(cfg.g_max) if self.load is not None else None
         cost = StepCost()
@@ -142,6 +147,7 @@ class CircuitBackend:
         elif load is not None and self.reads == "tiles" and adjoint is not None:  # the estimator's tile reads
             update_read_cost(cost, cfg, load, vectors, adjoint.jacobian_products)
         write_cost(cost, cfg, pulses, rounds)
+        controller_read_cost(cost, cfg, reads[1], reads[0])
         return StepCosts(cost.settle_s, cost.energy_j, cost.latency_s, cost)
 
 

@@ -69,6 +69,7 @@ class ParameterWriter:
     """Writes an update the digital way: the optimizer's step on the parameters."""
 
     pulses = rounds = 0
+    reads = (0, 0)  # the write controller's (row reads, devices converted): none
 
     def begin(self) -> None:
         """A new step: nothing written yet."""
@@ -157,7 +158,7 @@ class DigitalTwin:
         weight = self.stabilize(grads, x_in, free.z, free.z_eval, free.residual, skipped, step)
         norm = self._apply(grads)
         self._advance_schedule()
-        costs = backend.cost(model, free, adjoint, self.writer.pulses, self.writer.rounds)
+        costs = backend.cost(model, free, adjoint, self.writer.pulses, self.writer.rounds, self.writer.reads)
         self.last_cost = costs.detail
         return StepRecord(loss, free.residual, evals, norm, weight, skipped, costs.settle_time, costs.energy,
                           free.verdict, self.writer.pulses, costs.latency, accuracy)

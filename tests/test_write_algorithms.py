@@ -175,3 +175,68 @@ def test_controller_reads_are_priced():
 def test_bad_write_verify_settings_are_refused(bad, message):
     with pytest.raises(ConfigError, match=message):
         ChipConfig(**bad)
+
+
+def test_transfer_integrates_the_fast_array_into_the_weights():
+    """An exact device, every row transferred every step at lr 1: the update lands on the fast array
+    A, H takes A's read, the weights take H's whole steps. A is not reset (TTv2): with no further
+    update it keeps moving the weights by what it holds."""
+    chip = chip_of(write="transfer", transfer={"rows": 16})
+    step, before = chip.step_size["W_k"], chip.arrays["W_k"].read()
+    chip.write({"W_k": torch.full((16, 16), 3 * step)}, step=1)
+    first = (chip.arrays["W_k"].read() - before) / step
+    fast = chip.fast["W_k"].read() / step
+    chip.write({"W_k": torch.zeros(16, 16)}, step=2)
+    second = (chip.arrays["W_k"].read() - before) / step
+    print(f"\nA holds {float(fast.mean()):.3f} steps; W moved {float(first.mean()):.3f}, then {float(second.mean()):.3f}")
+    assert torch.allclose(fast, torch.full_like(fast, 3.0), atol=1e-4)
+    assert torch.allclose(first, torch.full_like(first, 3.0), atol=1e-4)
+    assert torch.allclose(second, torch.full_like(second, 6.0), atol=1e-3)
+    assert float(chip.buffer["W_k"].abs().max()) < 0.01 * step
+    assert {a for a in chip.ledger.arrays} >= {"W_k", "W_k:fast"}
+    assert chip.reads == 2 * 16  # two transfers of 16 rows of W_k's fast array
+
+
+def test_transfer_reads_rows_in_turn_and_flips_the_chopper_after_each_pass():
+    chip = chip_of(write="transfer", transfer={"rows": 4, "chopper": 1.0})
+    step, before = chip.step_size["W_q"], chip.arrays["W_q"].read()
+    chip.write({"W_q": torch.full((16, 16), 2 * step)}, step=1)
+    moved = (chip.arrays["W_q"].read() - before) / step
+    assert torch.allclose(moved[:4], torch.full((4, 16), 2.0), atol=1e-4)  # rows 0-3 transferred
+    assert torch.allclose(moved[4:], torch.zeros(12, 16), atol=1e-6)  # the rest wait their turn
+    assert chip.transfer_row["W_q"] == 4 and bool((chip.chopper["W_q"] == 1).all())
+    for k in range(2, 5):  # three more transfers end the pass over the 16 rows
+        chip.write({"W_q": torch.zeros(16, 16)}, step=k)
+    assert chip.transfer_row["W_q"] == 0 and bool((chip.chopper["W_q"] == -1).all())  # flip probability 1
+    fast_before = chip.fast["W_q"].read()
+    chip.write({"W_q": torch.full((16, 16), step)}, step=5)  # the update lands on A times the signs
+    assert torch.allclose((chip.fast["W_q"].read() - fast_before) / step, torch.full((16, 16), -1.0), atol=1e-4)
+
+
+def test_transfer_state_resumes_and_its_ledger_replays_exactly():
+    def steps(chip, ks):
+        for k in ks:
+            gen = torch.Generator().manual_seed(k)
+            chip.write({n: torch.randn(a.shape, generator=gen) * 2 * chip.step_size[n] for n, a in chip.arrays.items()},
+                       step=k)
+
+    settings = dict(write="transfer", transfer={"rows": 5, "chopper": 0.5, "lr": 0.5})
+    whole = chip_of(**settings)
+    steps(whole, range(1, 7))
+    half = chip_of(**settings)
+    steps(half, range(1, 4))
+    resumed = chip_of(**settings)
+    resumed.load_state_dict(half.state_dict())
+    steps(resumed, range(4, 7))
+    for name in whole.arrays:
+        assert torch.equal(whole.arrays[name].read(), resumed.arrays[name].read()), name
+        assert torch.equal(whole.fast[name].read(), resumed.fast[name].read()), name
+        assert torch.equal(whole.buffer[name], resumed.buffer[name]), name
+        assert torch.equal(whole.chopper[name], resumed.chopper[name]), name
+    assert whole.transfer_row == resumed.transfer_row
+    fresh = chip_of(**settings)
+    fresh.replay(whole.ledger)
+    for name in whole.arrays:  # an exact device: the replay sends the same pulses to the same devices
+        assert torch.equal(fresh.arrays[name].read(), whole.arrays[name].read()), name
+        assert torch.equal(fresh.fast[name].read(), whole.fast[name].read()), name
+    assert set(whole.schedule_state()) == {*whole.arrays, *(f"{n}:fast" for n in whole.arrays)}

@@ -20,8 +20,10 @@ Writes take the desired change of each matrix (model units) and realise it throu
 'sign_pulse' sends at most one pulse per device per round (Lion's sign update), 'quantized'
 rounds the change to whole pulses (at most `max_pulses`) stochastically, 'mixed_precision'
 accumulates the change in a digital residual per weight and pulses a device only for the whole
-pulse steps its residual holds (Nandakumar et al. 2020), 'ideal' sets the weights exactly. 'outer_product' (`write_outer`) takes rank-1 terms instead of a change: the
-in-memory update of analog SGD, by stochastic pulse trains (`analog_ep.hardware.outer`).
+pulse steps its residual holds (Nandakumar et al. 2020), 'ideal' sets the weights exactly.
+'outer_product' (`write_outer`) takes rank-1 terms instead of a change: the in-memory update of
+analog SGD, by stochastic pulse trains (`analog_ep.hardware.outer`). Any pulsed write may be
+followed by write-verify (`chip.verify`).
 
 The write controller is what a chip's digital controller would hold, and no more:
 
@@ -40,6 +42,10 @@ The write controller is what a chip's digital controller would hold, and no more
 * Mixed precision (`write: mixed_precision`) holds one digital word per weight, the residual in
   nominal pulse steps: the update is added to it, a device gets trunc(residual) pulses (at most
   `max_pulses`) and those leave the residual.
+* Transfer (`write: transfer`, `chip.transfer`) holds a fast array per matrix (same device,
+  programmed to 0, `<name>:fast` in the ledger and the schedule), one digital word per weight (the
+  buffer H between the fast array and the weights), a chopper sign per column and a row pointer
+  per matrix; its reads of the fast arrays are the controller's reads.
 * Write-verify (`chip.verify`) holds the nominal value of every weight (its programmed target
   plus every pulse sent, times the nominal step) and, after a write, reads the pulsed arrays
   through the periphery and re-pulses the written devices that read further than the tolerance
@@ -139,6 +145,10 @@ class AnalogChip:
         self.decay_owed: dict[str, float] = {}  # matrix -> weight-decay fraction not yet written
         self.residual: dict[str, torch.Tensor] = {}  # mixed_precision: matrix -> residual, nominal pulse steps
         self.nominal: dict[str, torch.Tensor] = {}  # write-verify: matrix -> nominal weights, model units
+        self.fast: dict[str, CrossbarArray] = {}  # transfer: matrix -> its fast array
+        self.buffer: dict[str, torch.Tensor] = {}  # transfer: matrix -> H, model units
+        self.chopper: dict[str, torch.Tensor] = {}  # transfer: matrix -> chopper sign per column
+        self.transfer_row: dict[str, int] = {}  # transfer: matrix -> the next row of its fast array to read
         self.reads = 0  # matrix-vector reads the controller issued (verification, decay), not relaxations
         self.read_devices = 0  # devices those reads converted (rows x columns of each read matrix)
         gen = torch.Generator().manual_seed(config.seed)
@@ -165,6 +175,16 @@ class AnalogChip:
             self.programming[name] = {"target": W, "programmed": arr.device_conductances()}
             if config.verify.rounds > 0:
                 self.nominal[name] = W.clone()
+            if config.write == "transfer":
+                fast = CrossbarArray(f"{name}:fast", tuple(W.shape), config.device, config.tile_rows,
+                                     config.tile_cols, config.seed, scale, self.ledger, self.cycle_noise)
+                fast.set(torch.zeros(W.shape))
+                self.fast[name] = fast
+                self.programming[f"{name}:fast"] = {"target": torch.zeros(W.shape),
+                                                     "programmed": fast.device_conductances()}
+                self.buffer[name] = torch.zeros(W.shape)
+                self.chopper[name] = torch.ones(W.shape[1])
+                self.transfer_row[name] = 0
         self.last_rounds = 0  # pulse rounds of the last write (the slowest array)
         self.last_pulses = 0  # pulses of the last write
         self.last_verify_pulses = 0  # of which write-verify's
@@ -308,6 +328,9 @@ class AnalogChip:
                 pulses = torch.zeros(arr.shape)
             elif self.config.write == "sign_pulse":
                 pulses = torch.sign(delta) * min((pulse_counts or {}).get(name, 1), cap)
+            elif self.config.write == "transfer":
+                self._write_fast(name, delta, step)
+                pulses = self._transfer(name) if step % self.config.transfer.period == 0 else torch.zeros(arr.shape)
             elif self.config.write == "mixed_precision":
                 owed = self.residual.get(name, torch.zeros(arr.shape)) + delta.float() / self.step_size[name]
                 pulses = torch.trunc(owed).clamp_(-cap, cap)
@@ -327,6 +350,36 @@ class AnalogChip:
             self.last_rounds = max(self.last_rounds, rounds)  # arrays are written in parallel
         self.refresh()
         return sent
+
+    def _write_fast(self, name: str, delta: torch.Tensor, step: int) -> None:
+        """`write: transfer`: the update, times each column's chopper sign, onto the fast array in
+        whole pulses, rounded stochastically (at most `max_pulses`)."""
+        cap, fast = self.config.max_pulses, self.fast[name]
+        pulses = self.stochastic_round(delta.float() * self.chopper[name] / self.step_size[name]).clamp(-cap, cap)
+        for k in range(1, int(pulses.abs().max()) + 1):
+            fast.pulse((torch.sign(pulses) * (pulses.abs() >= k)).to(torch.int8), step)
+
+    def _transfer(self, name: str) -> torch.Tensor:
+        """`write: transfer`: read the next `transfer.rows` rows of the fast array through the
+        periphery, add lr x read x chopper to H, and return the whole nominal steps H now holds (at
+        most `max_pulses`) as the pulses for the weights, taken out of H (`TransferConfig`)."""
+        cfg, fast, step = self.config.transfer, self.fast[name], self.step_size[name]
+        n_in, n_out = fast.shape
+        rows = [(self.transfer_row[name] + k) % n_in for k in range(min(cfg.rows, n_in))]
+        G = effective_conductances(fast.read_tiles(), self.config.periphery, None, self.w_min, self.w_max)
+        read = analog_matmul(torch.eye(n_in)[rows], G, fast.scale, self.config.periphery, n_out, self.noise)
+        self.reads += len(rows)
+        self.read_devices += len(rows) * n_out
+        H = self.buffer[name]
+        H[rows] += cfg.lr * read * self.chopper[name]
+        pulses = torch.zeros(fast.shape)
+        pulses[rows] = torch.trunc(H[rows] / step).clamp_(-self.config.max_pulses, self.config.max_pulses)
+        H[rows] -= pulses[rows] * step
+        self.transfer_row[name] = (self.transfer_row[name] + len(rows)) % n_in
+        if cfg.chopper > 0 and self.transfer_row[name] < len(rows):  # a pass over the rows ended
+            flip = torch.rand(n_out, generator=self.write_generator) < cfg.chopper
+            self.chopper[name][flip] *= -1
+        return pulses
 
     def _verify(self, name: str, written: torch.Tensor, step: int) -> tuple[int, int]:
         """Write-verify of one array after a write (`VerifyConfig`): read it through the periphery
@@ -397,8 +450,9 @@ class AnalogChip:
         cycle-to-cycle noise it is a new draw of the same schedule. Returns pulses sent.
         """
         sent = 0
+        arrays = {**self.arrays, **{f.name: f for f in self.fast.values()}}
         for step, array, tile, signs in ledger.rounds(phase=phase):
-            sent += self.arrays[array].pulse_tile(tile, torch.from_numpy(signs), step)
+            sent += arrays[array].pulse_tile(tile, torch.from_numpy(signs), step)
         self.refresh()
         return sent
 
@@ -415,14 +469,17 @@ class AnalogChip:
     def schedule_state(self) -> dict[str, dict]:
         """Per array, what a device-programming schedule holds besides the ledger (see
         `analog_ep.schedule`): scale, initial target weights (model units), the devices' states
-        right after programming and now (tile units, `CrossbarArray.device_conductances`)."""
+        right after programming and now (tile units, `CrossbarArray.device_conductances`). The
+        fast arrays of `write: transfer` are arrays of their own (`<name>:fast`, target 0)."""
+        arrays = {**self.arrays, **{f.name: f for f in self.fast.values()}}
         return {name: {"scale": arr.scale, "shape": arr.shape, "target": self.programming[name]["target"],
                        "programmed": self.programming[name]["programmed"], "final": arr.device_conductances()}
-                for name, arr in self.arrays.items()}
+                for name, arr in arrays.items()}
 
     @property
     def pulses(self) -> int:
-        return sum(arr.pulses for arr in self.arrays.values())
+        """Pulses sent to every array, the fast arrays of `write: transfer` included."""
+        return sum(arr.pulses for arr in (*self.arrays.values(), *self.fast.values()))
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -437,7 +494,12 @@ class AnalogChip:
                 "reads": self.reads, "read_devices": self.read_devices,
                 # mixed precision's residuals and write-verify's nominal weights (digital words per weight)
                 "residual": {n: r.clone() for n, r in self.residual.items()},
-                "nominal": {n: w.clone() for n, w in self.nominal.items()}}
+                "nominal": {n: w.clone() for n, w in self.nominal.items()},
+                # transfer: the fast arrays' devices, H, the chopper signs and the row pointers
+                "fast": {n: f.state_dict() for n, f in self.fast.items()},
+                "buffer": {n: h.clone() for n, h in self.buffer.items()},
+                "chopper": {n: c.clone() for n, c in self.chopper.items()},
+                "transfer_row": dict(self.transfer_row)}
 
     def load_state_dict(self, state: dict) -> None:
         for name, arr in self.arrays.items():
@@ -450,4 +512,9 @@ class AnalogChip:
         self.read_devices = state.get("read_devices", 0)
         self.residual = {n: r.clone() for n, r in state.get("residual", {}).items()}
         self.nominal = {n: w.clone() for n, w in state.get("nominal", self.nominal).items()}
+        for name, fast in self.fast.items():
+            fast.load_state_dict(state["fast"][name])
+        self.buffer = {n: h.clone() for n, h in state.get("buffer", {}).items()}
+        self.chopper = {n: c.clone() for n, c in state.get("chopper", {}).items()}
+        self.transfer_row = dict(state.get("transfer_row", {}))
         self.refresh()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from analog_ep.errors import check
 
-WRITES = ("sign_pulse", "quantized", "mixed_precision", "ideal", "outer_product")
+WRITES = ("sign_pulse", "quantized", "mixed_precision", "transfer", "ideal", "outer_product")
 #: Who computes the update (`ChipConfig.learning`).
 LEARNING = ("coprocessor", "local")
 LOCAL_UPDATES = ("rank2", "naive")
@@ -305,6 +305,41 @@ class VerifyConfig:
 
 
 @dataclass
+class TransferConfig:
+    """`write: transfer`, the Tiki-Taka family (Gokmen & Haensch, Front. Neurosci. 2020; TTv2:
+    Gokmen, Front. Artif. Intell. 2021; chopped TTv2: Rasch et al., Nat. Commun. 2024).
+
+    Every held matrix W (the slow array, the one the relaxation reads) gets a fast array A of the
+    same device, shape and scale, programmed to 0 and never read by the relaxation. Each step the
+    optimizer's update of W is written onto A instead, in whole pulses rounded stochastically (A
+    filters the devices' cycle noise: its pulses average, and a soft-bounds device's symmetry
+    point pulls A back to 0). Every `period` steps the controller reads `rows` rows of A through
+    the periphery (one read each, cycling through the rows), times each column's chopper sign,
+    adds `lr` times the read to a digital buffer H per weight (TTv2's hidden matrix: one word per
+    weight), and pulses W where H holds whole nominal steps (at most `max_pulses`), taking them out
+    of H. With `chopper` > 0 each column's sign flips with that probability after its rows have
+    all been transferred once, and the update is written onto A times the signs: a bias of A
+    (its asymmetry, its symmetry point off 0) then averages out of H."""
+
+    period: int = 1
+    """Steps between transfers (1: every step)."""
+    rows: int = 1
+    """Rows of A read (and transferred) per transfer."""
+    lr: float = 1.0
+    """Transfer learning rate: the fraction of a read of A added to H."""
+    chopper: float = 0.0
+    """Probability that a column's chopper sign flips at the end of each pass over the rows
+    (0: no chopper, the sign stays +1)."""
+
+    def __post_init__(self):
+        for key in ("period", "rows"):
+            check(_is_int(getattr(self, key)) and getattr(self, key) >= 1, f"transfer.{key}", getattr(self, key),
+                  "must be an integer >= 1")
+        check(self.lr > 0, "transfer.lr", self.lr, "must be > 0")
+        check(0.0 <= self.chopper <= 1.0, "transfer.chopper", self.chopper, "must lie in [0, 1] (a probability)")
+
+
+@dataclass
 class ChipConfig:
     """Devices, periphery, tiling and write scheme of one chip."""
 
@@ -376,6 +411,8 @@ class ChipConfig:
     trust-ratio gains."""
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     """Write-verify after each pulsed training write (`VerifyConfig`; off by default)."""
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    """The fast array and its transfers, for `write: transfer` (`TransferConfig`)."""
     seed: int = 0
     """Chip seed: device-to-device variation and mismatch are drawn once from it."""
     cycle_noise: str = "seeded"
@@ -393,6 +430,8 @@ class ChipConfig:
             self.periphery_backward = BackwardPeripheryConfig(**self.periphery_backward)
         if isinstance(self.verify, dict):
             self.verify = VerifyConfig(**self.verify)
+        if isinstance(self.transfer, dict):
+            self.transfer = TransferConfig(**self.transfer)
         check(self.learning in LEARNING, "learning", self.learning, "unknown learning mode",
               f"use one of {', '.join(LEARNING)}")
         check(self.write in WRITES, "write", self.write, "unknown write scheme", f"use one of {', '.join(WRITES)}")

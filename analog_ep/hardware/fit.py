@@ -186,23 +186,27 @@ class Steps:
     next_of: np.ndarray
     """Index of the step that follows this one in its sequence (the next pulse, no read between),
     or -1."""
+    pulses: int = 1
+    """Pulses of one direction, with no read between, that each step spans."""
 
 
-def pulse_steps(x: np.ndarray, data: PulseData) -> Steps:
-    """The steps of `data` with reads `x` (already in fit coordinates)."""
+def pulse_steps(x: np.ndarray, data: PulseData, pulses: int = 1) -> Steps:
+    """The steps of `data` with reads `x` (already in fit coordinates); with `pulses` > 1 each
+    step is the change over that many consecutive pulses of one direction (overlapping spans)."""
     idx = []
     for s in np.unique(data.sequence):
         rows = np.flatnonzero(data.sequence == s)
         xs = x[rows]
         csum = np.concatenate([[0.0], np.cumsum(xs)])
-        for j in range(1, len(rows)):
-            if data.direction[rows[j]] == 0:
+        ds = data.direction[rows]
+        for j in range(1, len(rows) - pulses + 1):
+            if ds[j] == 0 or np.any(ds[j:j + pulses] != ds[j]):
                 continue
             lo, hi = max(0, j - 1 - STATE_WINDOW), min(len(rows), j + 1 + STATE_WINDOW)
             total = csum[hi] - csum[lo] - xs[j] - xs[j - 1]
             count = hi - lo - 2
             state = total / count if count > 0 else xs[j - 1]
-            idx.append((rows[j], state, xs[j] - xs[j - 1], j))
+            idx.append((rows[j], state, xs[j + pulses - 1] - xs[j - 1], j))
     if not idx:
         return Steps(*(np.zeros(0) for _ in range(4)), np.zeros(0, int))
     rows = np.array([i[0] for i in idx])
@@ -212,7 +216,7 @@ def pulse_steps(x: np.ndarray, data: PulseData) -> Steps:
         if r + 1 < len(data.sequence) and data.sequence[r + 1] == data.sequence[r] and r + 1 in pos:
             nxt[k] = pos[r + 1]
     return Steps(data.device[rows], data.direction[rows], np.array([i[1] for i in idx]),
-                 np.array([i[2] for i in idx]), nxt)
+                 np.array([i[2] for i in idx]), nxt, pulses)
 
 
 def read_noise(x: np.ndarray, data: PulseData) -> tuple[float, int]:
@@ -259,6 +263,10 @@ class Model:
 
     def relative(self, w, d, p: dict, lo, hi):
         """s_d(w) >= 0 for bounds (lo, hi): the step of a pulse of direction d over dw_min."""
+        with np.errstate(divide="ignore", invalid="ignore"):  # lo = 0: one-sided, no down branch
+            return self._relative(np.asarray(w, float), d, p, np.asarray(lo, float), np.asarray(hi, float))
+
+    def _relative(self, w, d, p: dict, lo, hi):
         if self.name == "SoftBounds":
             return np.where(d > 0, 1.0 - w / hi, 1.0 - w / lo)
         if self.name == "LinearStep":
@@ -369,14 +377,17 @@ class ModelFit:
         return {k: v.value for k, v in self.params.items()}
 
 
-def predicted(model: Model, p: dict, state, d, one_sided: bool):
-    """Mean step of pulses of direction d at data coordinate `state` (clipped to the bounds)."""
+def predicted(model: Model, p: dict, state, d, one_sided: bool, pulses: int = 1):
+    """Mean change of `pulses` pulses of direction d from data coordinate `state` (each step
+    clipped to the bounds)."""
     lo, hi = (0.0, p["w_max"]) if one_sided else (p["w_min"], p["w_max"])
-    w = state - p["origin"]
+    w0 = w = state - p["origin"]
     up_down = 0.0 if one_sided else model.up_down(p, lo, hi)
     f_up, f_down = _bias(up_down)
-    step = p["dw_min"] * np.where(d > 0, f_up, -f_down) * model.relative(w, d, p, lo, hi)
-    return np.clip(w + step, lo, hi) - w
+    scale = p["dw_min"] * np.where(d > 0, f_up, -f_down)
+    for _ in range(pulses):
+        w = np.clip(w + scale * model.relative(w, d, p, lo, hi), lo, hi)
+    return w - w0
 
 
 def fit_model(name: str, steps: Steps, one_sided: bool, origin: float | None = None,
@@ -406,7 +417,7 @@ def fit_model(name: str, steps: Steps, one_sided: bool, origin: float | None = N
                    vary=free_shape and key not in FIXED)
 
     def residual(par):
-        return predicted(model, par.valuesdict(), steps.state, steps.direction, one_sided) - steps.step
+        return predicted(model, par.valuesdict(), steps.state, steps.direction, one_sided, steps.pulses) - steps.step
 
     result = lmfit.minimize(residual, params, method="leastsq")
     out = {k: Estimate(float(v.value), float(v.stderr) if v.stderr is not None else math.nan)
@@ -596,6 +607,10 @@ def fit_device(data: PulseData, model: str = "auto", one_sided: bool = False) ->
     check(len(steps.step) > need, "pulses", len(steps.step), f"fewer steps than {need} to fit "
           f"{name}'s parameters", "measure more pulses", src)
     fits = [fit_model(n, steps, one_sided) for n in names]
+    span = _span(fits[0], steps, read_noise(x, data), one_sided, data)
+    if span > 1:  # noise-dominated single steps: fit the change over spans of pulses instead
+        spans = pulse_steps(x, data, span)
+        fits = [fit_model(n, spans, one_sided, start=f.values()) for n, f in zip(names, fits)]
     best = min(fits, key=lambda f: f.bic)
     p = best.values()
     mdl = MODELS[best.model]
@@ -605,10 +620,10 @@ def fit_device(data: PulseData, model: str = "auto", one_sided: bool = False) ->
     nz = noise(best, steps, read_noise(x, data), one_sided)
     # tile units: w = (x - origin) * k
     lo = 0.0 if one_sided else p["w_min"]
-    k = 1.0 if data.unit == "norm" else 2.0 / (p["w_max"] - lo)
     est = {key: best.params[key] for key in best.params}
-    if sd is not None:
+    if sd is not None:  # several devices: the bounds and step are their means
         est.update(sd.means)
+    k = 1.0 if data.unit == "norm" else 2.0 / (est["w_max"].value - (0.0 if one_sided else est["w_min"].value))
     ov = {"dw_min": est["dw_min"].value * k, "up_down": 0.0 if one_sided else float(mdl.up_down(p, lo, p["w_max"])),
           "w_max": est["w_max"].value * k, "w_min": lo * k if one_sided else est["w_min"].value * k}
     se = {"dw_min": est["dw_min"].stderr * k, "w_max": est["w_max"].stderr * k,
@@ -638,6 +653,22 @@ def fit_device(data: PulseData, model: str = "auto", one_sided: bool = False) ->
     ov = {key: _plain(v) for key, v in ov.items()}
     return DeviceFit(best.model, ov, se, one_sided, Estimate(nz.read.value * k, nz.read.stderr * k), g0, scale,
                      table, data, tile_steps, reads, len(steps.step))
+
+
+#: Fewest spans per sequence when single steps are too noisy to fit (`_span`).
+MIN_SPANS = 25
+
+
+def _span(fit: ModelFit, steps: Steps, read: tuple[float, int], one_sided: bool, data: PulseData) -> int:
+    """Pulses per fitted step: 1, or where the read-visible noise of a step exceeds half its mean
+    size, enough pulses that their mean change is twice that noise (at most a 25th of the
+    shortest sequence)."""
+    visible = noise(fit, steps, read, one_sided).visible.value
+    dw = fit.params["dw_min"].value
+    if visible <= 0.5 * dw:
+        return 1
+    shortest = min(int(np.sum(data.sequence == s)) for s in np.unique(data.sequence))
+    return int(max(1, min(math.ceil(2.0 * visible / dw), shortest // MIN_SPANS)))
 
 
 def _plain(value):

@@ -20,7 +20,7 @@ def cmd_fit_device(args) -> int:
     for path, flag in ((out, "--out"), (plot, "--plot")):
         if path is not None and path.exists() and not args.force:
             raise ConfigError(flag, str(path), "exists", "give another path, or --force to replace it")
-    data = read_pulses(args.data, args.unit)
+    data = read_pulses(data_file(args.data), args.unit)
     fit = fit_device(data, model, args.one_sided)
     out.parent.mkdir(parents=True, exist_ok=True)
     text = device_yaml(fit, name, datetime.date.today().isoformat())
@@ -49,6 +49,15 @@ def cmd_fit_device(args) -> int:
     return 0
 
 
+def data_file(text: str) -> Path:
+    """DATA as given, or, where no such file exists, the shipped measurement of that name
+    (`data/` beside the shipped devices: `gong_et_al_pulse_response.csv` from any folder)."""
+    from analog_ep.config import shipped_root
+
+    path, shipped = Path(text), shipped_root() / "data" / text
+    return shipped if not path.exists() and len(path.parts) == 1 and shipped.is_file() else path
+
+
 def _finite(value):
     return value if value is not None and math.isfinite(value) else None
 
@@ -59,7 +68,7 @@ def register(sub) -> None:
 
     fit = sub.add_parser("fit-device", help="fit a device model to measured pulse data; a device file and a plot")
     fit.add_argument("data", metavar="DATA", help="CSV: long format device,cycle,pulse,direction,conductance, "
-                     "or aihwkit's two columns (up ramp, down ramp)")
+                     "or aihwkit's two columns (up ramp, down ramp); a shipped file's name from any folder")
     fit.add_argument("--model", default="auto", help=f"auto (lowest BIC) or one of {', '.join(MODEL_NAMES)}")
     fit.add_argument("--one-sided", action="store_true", help="up pulses only: fit the up branch, write a pair")
     fit.add_argument("--unit", default="S", help=f"conductance unit: {', '.join(UNITS)} (default S)")

@@ -577,7 +577,9 @@ class DeviceFit:
     reads: np.ndarray = field(repr=False, default=None)
     """Every read in tile units."""
     steps_fitted: int = 0
-    """Number of steps fitted."""
+    """Number of single-pulse steps measured."""
+    span: int = 1
+    """Pulses per fitted change (1: single steps; more where single steps are noise-dominated)."""
 
 
 def fit_device(data: PulseData, model: str = "auto", one_sided: bool = False) -> DeviceFit:
@@ -652,7 +654,7 @@ def fit_device(data: PulseData, model: str = "auto", one_sided: bool = False) ->
     table = [(f.model, f.rms * k, f.bic, f.k) for f in fits]
     ov = {key: _plain(v) for key, v in ov.items()}
     return DeviceFit(best.model, ov, se, one_sided, Estimate(nz.read.value * k, nz.read.stderr * k), g0, scale,
-                     table, data, tile_steps, reads, len(steps.step))
+                     table, data, tile_steps, reads, len(steps.step), span)
 
 
 #: Fewest spans per sequence when single steps are too noisy to fit (`_span`).
@@ -737,12 +739,13 @@ def device_yaml(fit: DeviceFit, name: str, date: str) -> str:
     data = fit.data
     scale = ("tile units = the data's normalised units" if fit.g0 is None else
              f"w = (G - {fit.g0:.6g} S) / {fit.siemens_per_unit:.6g} S")
-    lines = [f"# {name}: {fit.model} fitted to {Path(data.source).name} by analog-ep fit-device.",
+    lines = [f"# {fit.model} fitted to {Path(data.source).name} by analog-ep fit-device ({name}).",
              "#",
              f"# Source {Path(data.source).name}, sha256 {data.sha256}, {data.layout} format, "
              f"{data.devices} device(s), {fit.steps_fitted} steps; fitted {date}.",
              f"# Physical scale: {scale} (symmetry point at w = 0).",
-             "# Model selection (BIC = n ln(RSS/n) + k ln n over the steps; rms step residual in tile units):"]
+             f"# Model selection (BIC = n ln(RSS/n) + k ln n over the changes of {fit.span} pulse(s); their rms "
+             "residual in tile units):"]
     for model, rms, bic, k in fit.table:
         mark = "  <- chosen" if model == fit.model else ""
         lines.append(f"#   {model:<14} rms {rms:.4g}  BIC {bic:.1f}  k {k}{mark}")
@@ -785,7 +788,8 @@ def plot_fit(fit: DeviceFit, path: Path, extra=None) -> None:
     ax1.plot(np.arange(len(idx)), reads[idx], ".", ms=2, color="0.5", label="measured (first device)")
     mean, band = _mean_path(fit, data.direction[idx], data.sequence[idx], reads[idx])
     ax1.plot(np.arange(len(idx)), mean, color="C3", lw=1.2, label=f"{fit.model} fit: mean")
-    ax1.fill_between(np.arange(len(idx)), mean - band, mean + band, color="C3", alpha=0.2,
+    lo, hi = (0.0 if fit.differential else fit.overrides["w_min"]), fit.overrides["w_max"]
+    ax1.fill_between(np.arange(len(idx)), np.maximum(mean - band, lo), np.minimum(mean + band, hi), color="C3", alpha=0.2,
                      label="+- cycle-to-cycle spread")
     ax1.set_xlabel("pulse")
     ax1.set_ylabel("w (tile units)")
@@ -805,6 +809,8 @@ def plot_fit(fit: DeviceFit, path: Path, extra=None) -> None:
         if extra is not None:
             ax2.plot(grid, extra[1](grid, d), "--", color=colour, label=f"{label}: {extra[0]}")
     ax2.axhline(0, color="0.7", lw=0.5)
+    top = 4.0 * max(float(np.max(np.abs(model_curves(fit, grid, d)))) for d in (1, -1))
+    ax2.set_ylim(-top, top)  # the model's scale: single noisy steps run far off it
     ax2.set_xlabel("w before the pulse (tile units)")
     ax2.set_ylabel("step per pulse")
     ax2.legend(fontsize=7)

@@ -431,7 +431,7 @@ def fit_model(name: str, steps: Steps, one_sided: bool, origin: float | None = N
 
 @dataclass
 class Noise:
-    """Noise estimates from the step residuals and repeated reads (x units unless stated)."""
+    """Noise estimates from the k-pulse changes and repeated reads (x units unless stated)."""
 
     dw_min_std: Estimate
     """Cycle-to-cycle noise, relative to the mean step (aihwkit dw_min_std)."""
@@ -439,36 +439,117 @@ class Noise:
     """Std of the read-visible noise redrawn at each pulse (write and read noise together)."""
     read: Estimate
     """Std of repeated reads without a pulse (0, stderr nan: no repeated reads given)."""
+    lags: np.ndarray = field(default=None, repr=False)
+    """The pulse counts k fitted."""
+    variance: np.ndarray = field(default=None, repr=False)
+    """Mean squared deviation D_k^2 of the k-pulse changes about the mean path, per lag."""
 
 
-def noise(fit: ModelFit, steps: Steps, read: tuple[float, int], one_sided: bool) -> Noise:
-    """Separate cycle-to-cycle from read-visible noise (module docstring)."""
-    p = fit.values()
-    mean = predicted(MODELS[fit.model], p, steps.state, steps.direction, one_sided)
-    lo = 0.0 if one_sided else p["w_min"]
-    w = steps.state - p["origin"]
-    inside = (w + mean > lo) & (w + mean < p["w_max"]) & (np.abs(mean) > 0)  # a clipped step is not noise
-    r = np.where(inside, steps.step - mean, np.nan)
-    var = float(np.nanmean(r ** 2))
-    pairs = (steps.next_of >= 0)
-    pairs &= inside & inside[np.where(pairs, steps.next_of, 0)]
-    a, b = r[pairs], r[steps.next_of[pairs]]
-    cov1 = float(np.mean(a * b)) if len(a) > 1 else 0.0
-    visible_var = max(-cov1, 0.0)
-    s2 = float(np.mean(mean[inside] ** 2))
-    cyc_var = max(var - 2.0 * visible_var, 0.0)
-    n = int(inside.sum())
-    sigma = math.sqrt(cyc_var / s2)
-    # standard errors of the moment estimates (Gaussian): var(var) = 2 v^2 / n
-    se_var = math.sqrt(2.0 / max(n, 1)) * var
-    se_cov = var / math.sqrt(max(len(a), 1))
-    se_sigma = math.sqrt(se_var ** 2 + 4 * se_cov ** 2) / (2.0 * math.sqrt(max(cyc_var, 1e-300) * s2)) \
-        if cyc_var > 0 else math.nan
-    visible = math.sqrt(visible_var)
-    se_visible = se_cov / (2.0 * visible) if visible > 0 else math.nan
+#: Most pulses k of the k-pulse changes whose spread separates the noises (`noise`).
+MAX_LAG = 200
+#: Blocks of the delete-one-block jackknife that gives the noise's standard errors.
+JACKKNIFE_BLOCKS = 20
+
+
+def _mean_map(model: Model, p: dict, one_sided: bool, scales: np.ndarray | None):
+    """w -> the mean state after one pulse of direction d (w relative to the origin), for the
+    devices `dev`: the joint fit's law, or with `scales` (rows dw_up, dw_down, w_min, w_max per
+    device, from `spread`) each device's own step sizes and bounds."""
+    lo0, hi0 = (0.0 if one_sided else p["w_min"]), p["w_max"]
+    f_up, f_down = _bias(0.0 if one_sided else model.up_down(p, lo0, hi0))
+
+    def step(w, d, dev):
+        if scales is None:
+            lo, hi, s_up, s_down = lo0, hi0, p["dw_min"] * f_up, p["dw_min"] * f_down
+        else:
+            s_up, s_down, lo, hi = (scales[dev, c] for c in range(4))
+        q = {**p, "w_min": lo, "w_max": hi}
+        move = np.where(d > 0, s_up, -s_down) * model.relative(w, d, q, lo, hi)
+        return np.clip(w + move, lo, hi)
+
+    return step
+
+
+def noise(fit: ModelFit, x: np.ndarray, data: PulseData, read: tuple[float, int], one_sided: bool,
+          scales: np.ndarray | None = None) -> Noise:
+    """Separate cycle-to-cycle from read-visible noise by the spread of k-pulse changes.
+
+    From every read x_t followed by k pulses of one direction, D_k = x_(t+k) - x_t - (the mean
+    path's change over those k pulses, started at x_t). Linearising the mean map about the path
+    (w_(j+1) = w_j + m(w_j), phi_j = 1 + m'(w_j): soft bounds pull a deviation back, an AR(1)
+    process), cycle-to-cycle noise sigma_c (a step m (1 + sigma_c xi)) and a read-visible noise
+    sigma_w redrawn at each pulse give
+        E[D_k^2] = sigma_c^2 A_k + sigma_w^2 B_k,
+        A_k = sum_j m_j^2 prod_(i>j) phi_i^2,   B_k = 1 + prod_j phi_j^2,
+    (B_k: the noise on x_(t+k), and the noise on x_t carried along the path). The mean of D_k^2
+    over the starts, for k = 1..K, is fitted by weighted least squares (scipy curve_fit, weights
+    and standard errors from a delete-one-block jackknife over the starts)."""
+    from scipy.optimize import curve_fit
+
+    model, p = MODELS[fit.model], fit.values()
+    step = _mean_map(model, p, one_sided, scales)
+    starts, run = [], []
+    for s in np.unique(data.sequence):
+        rows = np.flatnonzero(data.sequence == s)
+        ds = data.direction[rows]
+        length = np.zeros(len(rows), int)  # pulses of one direction that follow each read
+        for j in range(len(rows) - 2, -1, -1):
+            nxt = ds[j + 1]
+            if nxt != 0:
+                length[j] = 1 + (length[j + 1] if j + 2 < len(rows) and ds[j + 2] == nxt else 0)
+        keep = length > 0
+        starts.append(rows[keep])
+        run.append(length[keep])
+    t0, run = np.concatenate(starts), np.concatenate(run)
+    d = data.direction[t0 + 1]
+    dev = data.device[t0]
+    K = int(max(2, min(MAX_LAG, np.max(run) // 4)))
+    blocks = min(JACKKNIFE_BLOCKS, len(t0))
+    block = (np.arange(len(t0)) * blocks) // len(t0)
+    sums = np.zeros((3, blocks, K))  # D^2, A, B summed per block and lag
+    count = np.zeros((blocks, K))
+    w0 = x[t0] - p["origin"]
+    w, a_k, prod = w0.copy(), np.zeros(len(t0)), np.ones(len(t0))
+    h = 1e-6 * (p["w_max"] - (0.0 if one_sided else p["w_min"]))
+    for k in range(1, K + 1):
+        live = run >= k
+        if not live.any():
+            K = k - 1
+            break
+        nxt = step(w, d, dev)
+        phi = (step(w + h, d, dev) - step(w - h, d, dev)) / (2 * h)
+        a_k = a_k * phi ** 2 + (nxt - w) ** 2
+        prod = prod * phi ** 2
+        w = nxt
+        idx = np.flatnonzero(live)
+        dk = x[t0[idx] + k] - x[t0[idx]] - (w[idx] - w0[idx])
+        for n, v in enumerate((dk ** 2, a_k[idx], 1.0 + prod[idx])):
+            np.add.at(sums[n, :, k - 1], block[idx], v)
+        np.add.at(count[:, k - 1], block[idx], 1)
+    sums, count = sums[:, :, :K], count[:, :K]
+    lags = np.arange(1, K + 1)
+
+    def solve(drop: int | None, sigma=None):
+        keep = np.arange(blocks) != drop if drop is not None else slice(None)
+        n = count[keep].sum(axis=0)
+        v, a, b = (sums[c][keep].sum(axis=0) / np.maximum(n, 1) for c in range(3))
+        ok = n > 0
+        start = np.linalg.lstsq(np.stack([a[ok], b[ok]], 1), v[ok], rcond=None)[0]
+        p0 = np.sqrt(np.maximum(start, 1e-12 * max(float(v[ok].max()), 1e-300)))
+        popt, _ = curve_fit(lambda ab, sc, sw: sc ** 2 * ab[0] + sw ** 2 * ab[1], np.stack([a[ok], b[ok]]), v[ok],
+                            p0=p0, sigma=None if sigma is None else sigma[ok], bounds=(0.0, np.inf))
+        return np.abs(popt), v
+
+    jack_v = np.array([solve(g)[1] for g in range(blocks)])
+    sigma = np.sqrt((blocks - 1) * np.var(jack_v, axis=0)) if blocks > 2 else None
+    if sigma is not None:
+        sigma = np.where(sigma > 0, sigma, np.max(sigma) or 1.0)
+    (sc, sw), v = solve(None, sigma)
+    jack = np.array([solve(g, sigma)[0] for g in range(blocks)]) if blocks > 2 else None
+    se = np.sqrt((blocks - 1) * np.var(jack, axis=0)) if jack is not None else (math.nan, math.nan)
     std, dof = read
-    return Noise(Estimate(sigma, se_sigma), Estimate(visible, se_visible),
-                 Estimate(std, std / math.sqrt(2 * dof) if dof else math.nan))
+    return Noise(Estimate(float(sc), float(se[0])), Estimate(float(sw), float(se[1])),
+                 Estimate(std, std / math.sqrt(2 * dof) if dof else math.nan), lags, v)
 
 
 @dataclass
@@ -485,6 +566,9 @@ class Spread:
     """Relative std of the devices' lower bounds."""
     means: dict
     """Mean over devices of dw_min, w_min, w_max (x units, origin shared) -> Estimate."""
+    scales: np.ndarray = field(default=None, repr=False)
+    """Per device (rows by device index): its up step, down step, w_min, w_max (x units), the
+    mean path `noise` follows for that device."""
 
 
 def spread(fit: ModelFit, steps: Steps, one_sided: bool) -> Spread | None:
@@ -493,12 +577,12 @@ def spread(fit: ModelFit, steps: Steps, one_sided: bool) -> Spread | None:
     if len(devices) < 2:
         return None
     model, p = MODELS[fit.model], fit.values()
-    rows = []
+    rows, scales = [], np.zeros((int(devices.max()) + 1, 4))
     for dev in devices:
         mask = steps.device == dev
         sub = Steps(steps.device[mask], steps.direction[mask], steps.state[mask], steps.step[mask],
                     np.full(int(mask.sum()), -1))
-        up = _device_scales(model, p, sub, one_sided)
+        up, scales[dev] = _device_scales(model, p, sub, one_sided)
         rows.append(up)
     arr = np.array(rows)  # columns: dw_min, up_down, w_min, w_max
     n = len(arr)
@@ -511,11 +595,12 @@ def spread(fit: ModelFit, steps: Steps, one_sided: bool) -> Spread | None:
     means = {k: Estimate(float(np.mean(arr[:, c])), float(np.std(arr[:, c], ddof=1) / math.sqrt(n)))
              for k, c in (("dw_min", 0), ("w_min", 2), ("w_max", 3))}
     return Spread(rel(0), Estimate(ud, ud / math.sqrt(2 * (n - 1))), rel(3),
-                  rel(2) if not one_sided else Estimate(0.0, 0.0), means)
+                  rel(2) if not one_sided else Estimate(0.0, 0.0), means, scales)
 
 
-def _device_scales(model: Model, p: dict, steps: Steps, one_sided: bool) -> list[float]:
-    """(dw_min, up_down, w_min, w_max) of one device: its own up and down step scales and bounds."""
+def _device_scales(model: Model, p: dict, steps: Steps, one_sided: bool) -> tuple[list[float], list[float]]:
+    """(dw_min, up_down, w_min, w_max) of one device, its own up and down step scales and bounds,
+    and (up step, down step, w_min, w_max) as its mean law uses them."""
     import lmfit
 
     par = lmfit.Parameters()
@@ -545,7 +630,7 @@ def _device_scales(model: Model, p: dict, steps: Steps, one_sided: bool) -> list
     ratio = (up / max(fu, 1e-12)) / max(down / max(fd, 1e-12), 1e-300)
     r = float(_up_down_for(ratio)) if not one_sided else 0.0
     dw = max(v["s_up"], v["s_down"]) if not one_sided else v["s_up"]
-    return [dw, r, lo, v["w_max"]]
+    return [dw, r, lo, v["w_max"]], [v["s_up"], v["s_up"] if one_sided else v["s_down"], lo, v["w_max"]]
 
 
 # ---- the whole fit -------------------------------------------------------------------------------
@@ -609,7 +694,7 @@ def fit_device(data: PulseData, model: str = "auto", one_sided: bool = False) ->
     check(len(steps.step) > need, "pulses", len(steps.step), f"fewer steps than {need} to fit "
           f"{name}'s parameters", "measure more pulses", src)
     fits = [fit_model(n, steps, one_sided) for n in names]
-    span = _span(fits[0], steps, read_noise(x, data), one_sided, data)
+    span = _span(fits[0], x, read_noise(x, data), one_sided, data)
     if span > 1:  # noise-dominated single steps: fit the change over spans of pulses instead
         spans = pulse_steps(x, data, span)
         fits = [fit_model(n, spans, one_sided, start=f.values()) for n, f in zip(names, fits)]
@@ -619,7 +704,7 @@ def fit_device(data: PulseData, model: str = "auto", one_sided: bool = False) ->
     if mdl.name == "PiecewiseStep" and not one_sided:
         best, p = _piecewise_symmetric(best, steps)
     sd = spread(best, steps, one_sided)
-    nz = noise(best, steps, read_noise(x, data), one_sided)
+    nz = noise(best, x, data, read_noise(x, data), one_sided, sd.scales if sd is not None else None)
     # tile units: w = (x - origin) * k
     lo = 0.0 if one_sided else p["w_min"]
     est = {key: best.params[key] for key in best.params}
@@ -661,11 +746,11 @@ def fit_device(data: PulseData, model: str = "auto", one_sided: bool = False) ->
 MIN_SPANS = 25
 
 
-def _span(fit: ModelFit, steps: Steps, read: tuple[float, int], one_sided: bool, data: PulseData) -> int:
+def _span(fit: ModelFit, x: np.ndarray, read: tuple[float, int], one_sided: bool, data: PulseData) -> int:
     """Pulses per fitted step: 1, or where the read-visible noise of a step exceeds half its mean
     size, enough pulses that their mean change is twice that noise (at most a 25th of the
     shortest sequence)."""
-    visible = noise(fit, steps, read, one_sided).visible.value
+    visible = noise(fit, x, data, read, one_sided).visible.value
     dw = fit.params["dw_min"].value
     if visible <= 0.5 * dw:
         return 1

@@ -85,11 +85,8 @@ def test_parameters_are_recovered(fitted):
     print(f"step at w = 0: {step:.4g} (true {true_step:.4g}); " + ", ".join(
         f"{k} {got[k]:.4g} (true {true[k]:.4g})" for k in law.shape if k in true))
     assert step == pytest.approx(true_step, rel=0.05)
-    # PowStep's bounds are where a power law of the distance to them vanishes: they trade off
-    # against pow_gamma (measured over runs: up to 8% off, gamma up to 9%), so 10% there
-    bound_tol = 0.1 if fit.model == "PowStep" else 0.05
     for key in ("dw_min", "w_min", "w_max") if fit.model != "PowStep" else ("w_min", "w_max"):
-        assert got[key] == pytest.approx(true[key], rel=bound_tol if key != "dw_min" else 0.05), key
+        assert got[key] == pytest.approx(true[key], rel=0.05), key
     for key in law.shape:
         if key in true and true[key]:
             assert got[key] == pytest.approx(true[key], rel=0.1), key

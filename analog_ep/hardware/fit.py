@@ -47,6 +47,8 @@ UNITS = {"S": 1.0, "mS": 1e-3, "uS": 1e-6, "nS": 1e-9, "norm": None}
 LONG_COLUMNS = ("device", "cycle", "pulse", "direction", "conductance")
 #: Reads on each side of a pulse averaged into the state it acted on (module docstring).
 STATE_WINDOW = 4
+#: Quantile of the states (each end) the fitted bounds may not lie inside: where the data saturate.
+SATURATION = 0.01
 #: Nodes of each direction's PiecewiseStep law.
 PIECEWISE_NODES = 8
 
@@ -379,9 +381,11 @@ class ModelFit:
 
 def predicted(model: Model, p: dict, state, d, one_sided: bool, pulses: int = 1):
     """Mean change of `pulses` pulses of direction d from data coordinate `state` (each step
-    clipped to the bounds)."""
+    clipped to the bounds). A state outside the bounds is a device at its bound seen through
+    noise: its change is the bound's (not a jump onto the bound, which a fit would use to explain
+    fast moves by a bound inside the data)."""
     lo, hi = (0.0, p["w_max"]) if one_sided else (p["w_min"], p["w_max"])
-    w0 = w = state - p["origin"]
+    w0 = w = np.clip(state - p["origin"], lo, hi)
     up_down = 0.0 if one_sided else model.up_down(p, lo, hi)
     f_up, f_down = _bias(up_down)
     scale = p["dw_min"] * np.where(d > 0, f_up, -f_down)
@@ -409,9 +413,17 @@ def fit_model(name: str, steps: Steps, one_sided: bool, origin: float | None = N
         params.add("w_max", init.get("w_max", (highest - lowest) * 1.05), min=1e-6 * span)
     else:
         mid = 0.5 * (lowest + highest)
-        params.add("origin", init.get("origin", mid) if origin is None else origin, vary=origin is None and not piecewise)
-        params.add("w_max", init.get("w_max", highest - mid), min=1e-6 * span)
-        params.add("w_min", init.get("w_min", lowest - mid), max=-1e-6 * span)
+        o = init.get("origin", mid) if origin is None else origin
+        params.add("origin", o, vary=origin is None and not piecewise)
+        # the bounds in data coordinates, no nearer than where the data saturate (`SATURATION`
+        # quantiles of the states): a device's reads cannot sit beyond its bounds
+        floor, ceiling = np.quantile(steps.state, [SATURATION, 1.0 - SATURATION])
+        top = max(init.get("w_max", highest - mid) + o, ceiling + 1e-6 * span)
+        bottom = min(init.get("w_min", lowest - mid) + o, floor - 1e-6 * span)
+        params.add("x_max", top, min=ceiling)
+        params.add("x_min", bottom, max=floor)
+        params.add("w_max", expr="x_max - origin")
+        params.add("w_min", expr="x_min - origin")
     for key, (value, lo, hi) in model.shape.items():
         params.add(key, init.get(key, value), min=-np.inf if lo is None else lo, max=np.inf if hi is None else hi,
                    vary=free_shape and key not in FIXED)
@@ -421,7 +433,8 @@ def fit_model(name: str, steps: Steps, one_sided: bool, origin: float | None = N
 
     result = lmfit.minimize(residual, params, method="leastsq")
     out = {k: Estimate(float(v.value), float(v.stderr) if v.stderr is not None else math.nan)
-           for k, v in result.params.items() if v.vary or k in ("origin", "dw_min")}
+           for k, v in result.params.items() if (v.vary or k in ("origin", "dw_min", "w_min", "w_max"))
+           and k not in ("x_min", "x_max")}
     for key in ("w_min",) if not one_sided else ():
         out.setdefault(key, Estimate(float(result.params[key].value), math.nan))
     for key in model.shape:

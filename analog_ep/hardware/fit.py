@@ -826,8 +826,9 @@ def _piecewise_symmetric(fit: ModelFit, steps: Steps) -> tuple[ModelFit, dict]:
 #: The periphery section of a fitted device file: ideal converters; the read noise is the fit's.
 def _periphery(fit: DeviceFit) -> str:
     return (f"periphery:\n  weight_bits: 0           # analog continuum: the pulse step is the resolution\n"
-            f"  read_noise: {_plain(fit.read_noise.value)}  # std of one device's read (tile units), from repeated "
-            f"reads ({'measured' if math.isfinite(fit.read_noise.stderr) else 'none given: 0'})\n"
+            f"  # read noise, std of one device's read (tile units), from repeated reads: {_plain(fit.read_noise.value)}"
+            f" ({'measured' if math.isfinite(fit.read_noise.stderr) else 'none given'}); a device file holds no\n"
+            f"  # read noise (the chip's periphery does): set periphery.read_noise in the chip file\n"
             f"  mismatch: 0.0            # static read-gain spread: not measurable from pulse data\n")
 
 
@@ -889,6 +890,9 @@ def plot_fit(fit: DeviceFit, path: Path, extra=None) -> None:
     lo, hi = (0.0 if fit.differential else fit.overrides["w_min"]), fit.overrides["w_max"]
     ax1.fill_between(np.arange(len(idx)), np.maximum(mean - band, lo), np.minimum(mean + band, hi), color="C3", alpha=0.2,
                      label="+- cycle-to-cycle spread")
+    if extra is not None:  # the other model's mean path through the same pulses, from the same reads
+        other = _mean_path(fit, data.direction[idx], data.sequence[idx], reads[idx], extra[1])[0]
+        ax1.plot(np.arange(len(idx)), other, "--", color="k", lw=1.0, label=f"{extra[0]}: mean")
     ax1.set_xlabel("pulse")
     ax1.set_ylabel("w (tile units)")
     ax1.legend(fontsize=8)
@@ -927,7 +931,7 @@ def _binned(x: np.ndarray, y: np.ndarray, bins: int = 24):
             np.array([y[which == k].mean() for k in keep]))
 
 
-def _mean_path(fit: DeviceFit, direction, sequence, reads):
+def _mean_path(fit: DeviceFit, direction, sequence, reads, law=None):
     """The model's mean trajectory through a device's pulse sequence (each sequence from its first
     read) and the std of its cycle-to-cycle spread around it (variance propagated step by step)."""
     mean, band = np.zeros(len(reads)), np.zeros(len(reads))
@@ -938,7 +942,8 @@ def _mean_path(fit: DeviceFit, direction, sequence, reads):
         elif direction[j] == 0:
             mean[j] = mean[j - 1]
         else:
-            step = float(model_curves(fit, np.array([mean[j - 1]]), int(direction[j]))[0])
+            at = np.array([mean[j - 1]])
+            step = float((law(at, int(direction[j])) if law else model_curves(fit, at, int(direction[j])))[0])
             mean[j] = mean[j - 1] + step
             var += (fit.overrides["dw_min_std"] * step) ** 2
         band[j] = math.sqrt(var)

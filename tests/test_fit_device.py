@@ -246,6 +246,7 @@ def test_write_noise_and_cycle_noise_are_told_apart(write, cycle, tmp_path):
           f"cycle {got['dw_min_std']:.3g} +- {err['dw_min_std']:.2g} (true {cycle})")
     # write_noise_std is in units of the fitted dw_min: compare the noise itself
     assert got["write_noise_std"] * got["dw_min"] == pytest.approx(write * 0.002, rel=0.2)
-    assert got["dw_min_std"] == pytest.approx(cycle, rel=0.2)
+    # within 20% asked; measured within 5%, and 10% fails a fit that drops the bounds' pull-back (AR(1))
+    assert got["dw_min_std"] == pytest.approx(cycle, rel=0.1)
     for key in ("write_noise_std", "dw_min_std"):
         assert 0 < err[key] < 0.1 * got[key], key

@@ -54,6 +54,21 @@ def pulse(cfg: DeviceConfig, devices: int, cycles: int, pulses: int, seed: int =
     return np.array(reads), np.array(dirs)
 
 
+def drawn(cfg: DeviceConfig, devices: int, seed: int = 3) -> dict:
+    """The mean over the devices `pulse` builds of what aihwkit drew for them: dw_min (each device's
+    larger step size, as aihwkit splits dw_min by up_down), its up step, and the bounds. The
+    fit recovers these devices, whose 32-device means differ from the nominal values by the
+    device-to-device spread (about 2% here)."""
+    array = CrossbarArray("fit", (devices, 1), cfg, chip_seed=seed,
+                          noise=CycleNoise(cfg.device(0), False, torch.Generator().manual_seed(seed)))
+    tile = array.tiles[(0, 0)].tile
+    names, hidden = tile.get_hidden_parameter_names(), tile.get_hidden_parameters()
+    get = {k: hidden[names.index(k)].numpy().ravel() for k in ("dwmin_up", "dwmin_down", "max_bound", "min_bound")}
+    return {"dw_min": float(np.mean(np.maximum(get["dwmin_up"], get["dwmin_down"]))),
+            "dw_up": float(np.mean(get["dwmin_up"])), "w_max": float(np.mean(get["max_bound"])),
+            "w_min": float(np.mean(get["min_bound"]))}
+
+
 def write_long(path, reads, dirs, scale=1.0, offset=0.0):
     lines = ["device,cycle,pulse,direction,conductance"]
     for dev in range(reads.shape[1]):
@@ -80,13 +95,14 @@ def test_parameters_are_recovered(fitted):
     assert fit.model == PRESETS[name][0]
     # the step at the symmetry point (PowStep's dw_min is the step at the far bound, not there)
     law = MODELS[fit.model]
+    devices = drawn(cfg, 32)  # the step sizes and bounds the 32 devices were given
     step = got["dw_min"] * law.relative(0.0, 1, got, got["w_min"], got["w_max"])
-    true_step = true["dw_min"] * law.relative(0.0, 1, true, true["w_min"], true["w_max"])
-    print(f"step at w = 0: {step:.4g} (true {true_step:.4g}); " + ", ".join(
-        f"{k} {got[k]:.4g} (true {true[k]:.4g})" for k in law.shape if k in true))
+    true_step = devices["dw_up"] * law.relative(0.0, 1, true, true["w_min"], true["w_max"])
+    print(f"step at w = 0: {step:.4g} (devices {true_step:.4g}); " + ", ".join(
+        f"{k} {got[k]:.4g} (devices {devices[k]:.4g})" for k in ("dw_min", "w_min", "w_max")))
     assert step == pytest.approx(true_step, rel=0.05)
     for key in ("dw_min", "w_min", "w_max") if fit.model != "PowStep" else ("w_min", "w_max"):
-        assert got[key] == pytest.approx(true[key], rel=0.05), key
+        assert got[key] == pytest.approx(devices[key], rel=0.05), key
     for key in law.shape:
         if key in true and true[key]:
             assert got[key] == pytest.approx(true[key], rel=0.1), key

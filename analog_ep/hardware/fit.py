@@ -724,7 +724,9 @@ def fit_device(data: PulseData, model: str = "auto", one_sided: bool = False) ->
     if sd is not None:  # several devices: the bounds and step are their means
         est.update(sd.means)
     k = 1.0 if data.unit == "norm" else 2.0 / (est["w_max"].value - (0.0 if one_sided else est["w_min"].value))
-    ov = {"dw_min": est["dw_min"].value * k, "up_down": 0.0 if one_sided else float(mdl.up_down(p, lo, p["w_max"])),
+    up_down = 0.0 if one_sided else float(mdl.up_down(p, lo, p["w_max"]))
+    up_down = up_down if abs(up_down) > 1e-9 else 0.0  # a symmetric law's rounding error is no bias
+    ov = {"dw_min": est["dw_min"].value * k, "up_down": up_down,
           "w_max": est["w_max"].value * k, "w_min": lo * k if one_sided else est["w_min"].value * k}
     se = {"dw_min": est["dw_min"].stderr * k, "w_max": est["w_max"].stderr * k,
           "w_min": 0.0 if one_sided else est["w_min"].stderr * k,

@@ -582,21 +582,38 @@ class Spread:
     scales: np.ndarray = field(default=None, repr=False)
     """Per device (rows by device index): its up step, down step, w_min, w_max (x units), the
     mean path `noise` follows for that device."""
+    shape: dict = field(default_factory=dict)
+    """The shape refitted with every device at its own step sizes and bounds -> Estimate (empty:
+    a law without shape parameters)."""
+
+
+#: Rounds of (each device's step sizes and bounds | the shared shape) in `spread`.
+SHAPE_ROUNDS = 4
 
 
 def spread(fit: ModelFit, steps: Steps, one_sided: bool) -> Spread | None:
-    """Fit each device alone (shape and origin held at the joint fit's) and return the spread."""
+    """Fit each device alone (its step sizes and bounds; shape and origin the joint fit's) and
+    return the spread. A law with a shape (LinearStep, PowStep, ExpStep) then has its shape
+    refitted with every device at its own step sizes and bounds, and the devices refitted, for
+    `SHAPE_ROUNDS` rounds: a shape fitted to devices pooled as one mistakes the spread of their
+    bounds for a softer law. The refitted shape (with its standard errors) is in `shape`."""
     devices = np.unique(steps.device)
     if len(devices) < 2:
         return None
     model, p = MODELS[fit.model], fit.values()
-    rows, scales = [], np.zeros((int(devices.max()) + 1, 4))
-    for dev in devices:
-        mask = steps.device == dev
-        sub = Steps(steps.device[mask], steps.direction[mask], steps.state[mask], steps.step[mask],
-                    np.full(int(mask.sum()), -1))
-        up, scales[dev] = _device_scales(model, p, sub, one_sided)
-        rows.append(up)
+    free = [k for k in model.shape if k not in FIXED] if model.name != "PiecewiseStep" else []
+    shape = {}
+    for round_ in range(SHAPE_ROUNDS + 1 if free else 1):
+        rows, scales = [], np.zeros((int(devices.max()) + 1, 4))
+        for dev in devices:
+            mask = steps.device == dev
+            sub = Steps(steps.device[mask], steps.direction[mask], steps.state[mask], steps.step[mask],
+                        np.full(int(mask.sum()), -1))
+            up, scales[dev] = _device_scales(model, p, sub, one_sided)
+            rows.append(up)
+        if free and round_ < SHAPE_ROUNDS:
+            shape = _shape_given_devices(model, p, steps, one_sided, scales, free)
+            p.update({k: v.value for k, v in shape.items()})
     arr = np.array(rows)  # columns: dw_min, up_down, w_min, w_max
     n = len(arr)
 
@@ -608,7 +625,31 @@ def spread(fit: ModelFit, steps: Steps, one_sided: bool) -> Spread | None:
     means = {k: Estimate(float(np.mean(arr[:, c])), float(np.std(arr[:, c], ddof=1) / math.sqrt(n)))
              for k, c in (("dw_min", 0), ("w_min", 2), ("w_max", 3))}
     return Spread(rel(0), Estimate(ud, ud / math.sqrt(2 * (n - 1))), rel(3),
-                  rel(2) if not one_sided else Estimate(0.0, 0.0), means, scales)
+                  rel(2) if not one_sided else Estimate(0.0, 0.0), means, scales, shape)
+
+
+def _shape_given_devices(model: Model, p: dict, steps: Steps, one_sided: bool, scales: np.ndarray,
+                         free: list[str]) -> dict:
+    """The shape parameters `free` fitted (lmfit) with each device at its own step sizes and
+    bounds (`scales`, rows by device: up step, down step, w_min, w_max)."""
+    import lmfit
+
+    par = lmfit.Parameters()
+    for key in free:
+        _, lo, hi = model.shape[key]
+        par.add(key, p[key], min=-np.inf if lo is None else lo, max=np.inf if hi is None else hi)
+    s_up, s_down, lo, hi = (scales[steps.device, c] for c in range(4))
+    w = np.clip(steps.state - p["origin"], lo, hi)
+
+    def residual(v):
+        q = {**p, **v.valuesdict(), "w_min": lo, "w_max": hi}
+        move = np.where(steps.direction > 0, s_up, -s_down) * model.relative(w, steps.direction, q,
+                                                                             lo, hi)
+        return np.clip(w + move, lo, hi) - w - steps.step
+
+    result = lmfit.minimize(residual, par, method="leastsq")
+    return {k: Estimate(float(v.value), float(v.stderr) if v.stderr is not None else math.nan)
+            for k, v in result.params.items()}
 
 
 def _device_scales(model: Model, p: dict, steps: Steps, one_sided: bool) -> tuple[list[float], list[float]]:
@@ -717,6 +758,9 @@ def fit_device(data: PulseData, model: str = "auto", one_sided: bool = False) ->
     if mdl.name == "PiecewiseStep" and not one_sided:
         best, p = _piecewise_symmetric(best, steps)
     sd = spread(best, steps, one_sided)
+    if sd is not None and sd.shape:  # the shape as the devices, each at its own bounds, show it
+        best.params.update(sd.shape)
+        p.update({k: v.value for k, v in sd.shape.items()})
     nz = noise(best, x, data, read_noise(x, data), one_sided, sd.scales if sd is not None else None)
     # tile units: w = (x - origin) * k
     lo = 0.0 if one_sided else p["w_min"]

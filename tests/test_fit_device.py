@@ -22,15 +22,14 @@ from test_cli import call  # main(argv) in-process: (exit code, stdout, stderr)
 
 BASE = dict(dw_min=0.005, up_down=0.0, w_max=1.25, w_min=-0.75, dw_min_dtod=0.05, up_down_dtod=0.01,
             w_max_dtod=0.03, w_min_dtod=0.03, dw_min_std=0.3)
-#: name -> (aihwkit model, overrides). LinearStep and PowStep without spread of the bounds: a pooled
-#: fit of a hard-bounded law mistakes the bounds' spread for a softer law (docs/device_fitting.md).
+#: name -> (aihwkit model, overrides), every one with device-to-device spread of its step size and
+#: bounds (a hard-bounded law's shape is refitted with each device at its own bounds).
 PRESETS = {
     "soft_bounds": ("SoftBounds", BASE),
     "linear_step": ("LinearStep", {**BASE, "gamma_up": 0.6, "gamma_down": 0.3, "gamma_up_dtod": 0.0,
-                                   "gamma_down_dtod": 0.0, "w_max_dtod": 0.0, "w_min_dtod": 0.0}),
+                                   "gamma_down_dtod": 0.0}),
     "pow_step": ("PowStep", {**BASE, "pow_gamma": 1.5, "pow_up_down": 0.0, "pow_gamma_dtod": 0.0,
-                             "pow_up_down_dtod": 0.0, "w_max": 1.0, "w_min": -1.0, "w_max_dtod": 0.0,
-                             "w_min_dtod": 0.0, "dw_min": 0.01}),
+                             "pow_up_down_dtod": 0.0, "w_max": 1.0, "w_min": -1.0, "dw_min": 0.01}),
 }
 
 

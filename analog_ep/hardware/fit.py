@@ -636,15 +636,20 @@ def _shape_given_devices(model: Model, p: dict, steps: Steps, one_sided: bool, s
 
     par = lmfit.Parameters()
     for key in free:
-        _, lo, hi = model.shape[key]
-        par.add(key, p[key], min=-np.inf if lo is None else lo, max=np.inf if hi is None else hi)
+        low, high = model.shape[key][1:]
+        par.add(key, p[key], min=-np.inf if low is None else low, max=np.inf if high is None else high)
+    # the origin too (the pooled fit's symmetry point moves with its shape), each device's bounds
+    # held where they are in data coordinates; PowStep's law depends on w - w_max only (no origin)
+    par.add("origin", p["origin"], vary=not one_sided and model.name != "PowStep")
     s_up, s_down, lo, hi = (scales[steps.device, c] for c in range(4))
-    w = np.clip(steps.state - p["origin"], lo, hi)
+    x_lo, x_hi = lo + p["origin"], hi + p["origin"]
 
     def residual(v):
-        q = {**p, **v.valuesdict(), "w_min": lo, "w_max": hi}
-        move = np.where(steps.direction > 0, s_up, -s_down) * model.relative(w, steps.direction, q,
-                                                                             lo, hi)
+        q = {**p, **v.valuesdict()}
+        lo, hi = (0.0 * x_lo if one_sided else x_lo - q["origin"]), x_hi - q["origin"]
+        q.update({"w_min": lo, "w_max": hi})
+        w = np.clip(steps.state - q["origin"], lo, hi)
+        move = np.where(steps.direction > 0, s_up, -s_down) * model.relative(w, steps.direction, q, lo, hi)
         return np.clip(w + move, lo, hi) - w - steps.step
 
     result = lmfit.minimize(residual, par, method="leastsq")
@@ -758,7 +763,7 @@ def fit_device(data: PulseData, model: str = "auto", one_sided: bool = False) ->
     if mdl.name == "PiecewiseStep" and not one_sided:
         best, p = _piecewise_symmetric(best, steps)
     sd = spread(best, steps, one_sided)
-    if sd is not None and sd.shape:  # the shape as the devices, each at its own bounds, show it
+    if sd is not None and sd.shape:  # the shape (and origin) as the devices, each at its own bounds, show it
         best.params.update(sd.shape)
         p.update({k: v.value for k, v in sd.shape.items()})
     nz = noise(best, x, data, read_noise(x, data), one_sided, sd.scales if sd is not None else None)

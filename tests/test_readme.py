@@ -1,4 +1,5 @@
-"""README.md runs as written: every fenced block is marked with how it is tested, and is run.
+"""README.md and the docs/*.md pages run as written: every fenced block is marked with how it is
+tested, and is run.
 
 Each fenced block is preceded by a marker line:
 
@@ -30,6 +31,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+#: Every page tested: the README and each docs page (each page's blocks in their own folder).
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 MARKER = re.compile(r"^<!-- test: (skip|short|exact) -->$")
 #: Appended to every `analog-ep run` (not `--resume`) a short block runs: two steps, small batches.
 SHORT_RUN = ["--steps", "2", "--set", "train.batch_size=4", "--set", "train.eval_batches=1"]
@@ -122,8 +125,8 @@ def bash(command: str, env) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-def run_block(block: Block, env) -> None:
-    where = f"README.md:{block.line}"
+def run_block(block: Block, env, page: str = "README.md") -> None:
+    where = f"{page}:{block.line}"
     variables, cwd = env
     if block.lang == "yaml":
         header = FILE_HEADER.match(block.text)
@@ -166,33 +169,39 @@ def console(text: str) -> list[tuple[str, list[str]]]:
     return session
 
 
-def test_every_block_is_marked():
-    unmarked = [f"README.md:{b.line} ({b.lang or 'plain'})" for b in blocks() if b.mode is None]
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_block_is_marked(page):
+    unmarked = [f"{page.name}:{b.line} ({b.lang or 'plain'})" for b in blocks(page) if b.mode is None]
     assert not unmarked, ("mark each fenced block with <!-- test: skip|short|exact --> on the line above: "
                           + ", ".join(unmarked))
 
 
-def test_exact_blocks_are_console_sessions():
-    for b in blocks():
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_exact_blocks_are_console_sessions(page):
+    for b in blocks(page):
         if b.mode == "exact":
-            assert b.lang == "console" and b.text.startswith("$ "), f"README.md:{b.line}: exact needs a console block"
+            assert b.lang == "console" and b.text.startswith("$ "), f"{page.name}:{b.line}: exact needs a console block"
 
 
-def test_readme_runs_as_written(env):
-    """Every short and exact block, in order, in one working directory outside the repository."""
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_readme_runs_as_written(page, tmp_path_factory, env):
+    """Every short and exact block of a page, in order, in one working directory outside the
+    repository (the README's is `env`'s; each docs page gets a fresh one)."""
     import resource
     import time
 
+    if page != README:
+        env = (env[0], tmp_path_factory.mktemp(page.stem))
     ran = 0
-    for block in blocks():
+    for block in blocks(page):
         if block.mode in ("short", "exact"):
             wall, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-            run_block(block, env)
+            run_block(block, env, page.name)
             used = resource.getrusage(resource.RUSAGE_CHILDREN)
-            print(f"\nREADME.md:{block.line} ({block.mode} {block.lang}): {time.perf_counter() - wall:.1f} s wall, "
+            print(f"\n{page.name}:{block.line} ({block.mode} {block.lang}): {time.perf_counter() - wall:.1f} s wall, "
                   f"{used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime:.1f} s CPU", end="")
             ran += 1
-    print(f"\nran {ran} README blocks in {env[1]}")
+    print(f"\nran {ran} {page.name} blocks in {env[1]}")
     assert ran > 0
 
 

@@ -19,8 +19,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "analog_ep", "devices", "circuits", "chips")
+SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "analog_ep", "devices", "circuits", "chips",
+           "data")
 LIBRARY = ("devices", "circuits", "chips")
+#: data/: the shipped measurements (`analog-ep fit-device NAME` from any folder) and their README.
+DATA = ("*.csv", "README.md")
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +62,10 @@ def test_the_wheel_holds_every_library_file(installed):
     for kind in LIBRARY:
         for path in (ROOT / kind).glob("*.yaml"):
             assert f"analog_ep/library/{kind}/{path.name}" in names, path
+    shipped = [path for pattern in DATA for path in (ROOT / "data").glob(pattern)]
+    assert len(shipped) >= 2
+    for path in shipped:
+        assert f"analog_ep/library/data/{path.name}" in names, path
 
 
 def test_installed_wheel_lists_its_library_outside_the_repository(installed, tmp_path):

@@ -1,4 +1,4 @@
-"""Command line: `analog-ep run | validate | list | diagnose | sweep | compare | export | replay`.
+"""Command line: `analog-ep run | validate | list | diagnose | sweep | compare | export | replay | fit-device`.
 
 Bad input (any `AnalogEPError` before a run starts, a malformed command line) prints one line,
 `analog-ep: error: ...`, and exits with 2; existing results are never overwritten. `run` ends
@@ -169,6 +169,9 @@ def parser() -> argparse.ArgumentParser:
     from analog_ep.cli import studies
 
     studies.register(sub)  # sweep, compare, export, replay
+    from analog_ep.cli import fit
+
+    fit.register(sub)  # fit-device
     return ap
 
 

@@ -27,7 +27,8 @@ def listing(kind: str) -> list[tuple[str, str, str]]:
 def format_listing(kind: str) -> str:
     """The listing as aligned lines; devices get a column saying what each name is."""
     rows = listing(kind)
+    names = max([16, *(len(name) for name, _, _ in rows)])  # the names' column fits the longest
     if kind != "devices":
-        return "".join(f"{name:<16} {about}\n" for name, _, about in rows)
+        return "".join(f"{name:<{names}} {about}\n" for name, _, about in rows)
     width = max(len(what) for _, what, _ in rows)
-    return "".join(f"{name:<16} {what:<{width}}  {about}\n" for name, what, about in rows)
+    return "".join(f"{name:<{names}} {what:<{width}}  {about}\n" for name, what, about in rows)

@@ -384,18 +384,21 @@ class AnalogChip:
     def _verify(self, name: str, written: torch.Tensor, step: int) -> tuple[int, int]:
         """Write-verify of one array after a write (`VerifyConfig`): read it through the periphery
         and re-pulse the `written` devices that read further than the tolerance from their nominal
-        values, toward them, until none does or the rounds run out. Returns (pulses, rounds)."""
+        values, toward them, until none does or the rounds run out; a device that read within the
+        tolerance once is done (a later noisy read does not pulse it again, which would redraw its
+        write noise). Returns (pulses, rounds)."""
         if not bool(written.any()):
             return 0, 0
         cfg, arr = self.config.verify, self.arrays[name]
         tolerance = cfg.tolerance * self.step_size[name]
         sent = rounds = 0
+        pending = written.clone()
         while rounds < cfg.rounds:
             error = self.nominal[name] - self._fresh_read(name)
-            miss = written & (error.abs() > tolerance)
-            if not bool(miss.any()):
+            pending &= error.abs() > tolerance  # a device that read within tolerance once is done
+            if not bool(pending.any()):
                 break
-            sent += arr.pulse((torch.sign(error) * miss).to(torch.int8), step)
+            sent += arr.pulse((torch.sign(error) * pending).to(torch.int8), step)
             rounds += 1
         return sent, rounds
 

@@ -186,20 +186,23 @@ class CrossbarArray:
         passes its periphery read (`AnalogChip.read_matrix`: converters, read noise, mismatch,
         levels); `self.read` is the simulator's noiseless view of the conductances, which no chip
         has. Devices whose read error exceeds `tolerance` x the nominal pulse step get one pulse per
-        round toward their target; stops when every device reads within tolerance or after
-        `max_rounds`. `start` (model units) is the as-fabricated state written first (default:
-        zeros). The report counts the reads and says how far the devices really ended.
+        round toward their target; a device that has read within tolerance once is done (as a
+        chip's verify marks it: re-pulsing it after a noisy read would redraw its write noise);
+        stops when every device is done or after `max_rounds`. `start` (model units) is the
+        as-fabricated state written first (default: zeros). The report counts the reads and says
+        how far the devices really ended.
         """
         self.set(torch.zeros(self.shape) if start is None else start)
         step = self.device.dw_min * self.scale
         sent = rounds = reads = 0
+        pending = torch.ones(self.shape, dtype=torch.bool)
         while True:
             error = target - read()
             reads += self.shape[0]
-            mask = error.abs() > tolerance * step
-            if rounds >= max_rounds or not bool(mask.any()):
+            pending &= error.abs() > tolerance * step  # a device that read within tolerance once is done
+            if rounds >= max_rounds or not bool(pending.any()):
                 break
-            sent += self.pulse(torch.sign(error) * mask, step=0, phase="program")
+            sent += self.pulse(torch.sign(error) * pending, step=0, phase="program")
             rounds += 1
         left = target - self.read()
         return ProgramReport(sent, rounds, float(left.abs().max()), float(left.pow(2).mean().sqrt()), reads,

@@ -288,8 +288,10 @@ class VerifyConfig:
     it reads each array it pulsed (`AnalogChip.read_matrix`: one read per input row, with the
     converters and read noise), and every device pulsed in this write whose read is further than
     `tolerance` nominal pulse steps from its nominal value gets one pulse toward it; read and
-    repeat, at most `rounds` times. Verify pulses are pulses (ledger, energy, schedule); its
-    reads are counted with the controller's other reads."""
+    repeat, at most `rounds` times. A device that read within the tolerance once is done: a
+    later noisy read does not pulse it again (which would redraw its write noise). Verify pulses
+    are pulses (ledger, energy, schedule); its reads are counted with the controller's other
+    reads."""
 
     rounds: int = 0
     """Re-pulse rounds after each write (0: no verification)."""

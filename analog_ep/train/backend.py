@@ -30,8 +30,7 @@ import torch
 
 from analog_ep.circuit.dynamics import CircuitConfig, check_step, circuit_solver
 from analog_ep.circuit.energy import (ChipLoad, EnergyConfig, StepCost, controller_read_cost, phase_cost,
-                                     readout_cost, update_read_cost,
-                                      write_cost)
+                                      readout_cost, update_read_cost, write_cost)
 from analog_ep.circuit.measure import Settle, SettleConfig, circuit_adjoint, settle_free
 from analog_ep.errors import ConfigError
 from analog_ep.estimator.ep import Adjoint, EPConfig, NudgePoints, estimate_adjoint

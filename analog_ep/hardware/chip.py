@@ -112,6 +112,16 @@ def device_bounds(device: DeviceConfig) -> tuple[float, float]:
     return lo, hi
 
 
+def _send(arr: CrossbarArray, pulses: torch.Tensor, step: int) -> tuple[int, int]:
+    """Send whole pulses (signed counts, `arr`'s shape) as rounds: round k pulses the devices that
+    owe >= k. Returns (pulses sent, rounds)."""
+    rounds = int(pulses.abs().max()) if pulses.numel() else 0
+    sent = 0
+    for k in range(1, rounds + 1):
+        sent += arr.pulse((torch.sign(pulses) * (pulses.abs() >= k)).to(torch.int8), step)
+    return sent, rounds
+
+
 class AnalogChip:
     """See module docstring."""
 
@@ -339,9 +349,8 @@ class AnalogChip:
                 pulses = self.stochastic_round(delta / self.step_size[name]).clamp(-cap, cap)
             if name in decay:
                 pulses = (pulses + self._decay_pulses(name, decay[name])).clamp(-cap, cap)
-            rounds = int(pulses.abs().max()) if pulses.numel() else 0
-            for k in range(1, rounds + 1):  # round k pulses the devices that still owe >= k pulses
-                sent += arr.pulse((torch.sign(pulses) * (pulses.abs() >= k)).to(torch.int8), step)
+            written, rounds = _send(arr, pulses, step)
+            sent += written
             if name in self.nominal:
                 self.nominal[name] += pulses * self.step_size[name]
                 verified, extra = self._verify(name, pulses != 0, step)
@@ -355,9 +364,8 @@ class AnalogChip:
         """`write: transfer`: the update, times each column's chopper sign, onto the fast array in
         whole pulses, rounded stochastically (at most `max_pulses`)."""
         cap, fast = self.config.max_pulses, self.fast[name]
-        pulses = self.stochastic_round(delta.float() * self.chopper[name] / self.step_size[name]).clamp(-cap, cap)
-        for k in range(1, int(pulses.abs().max()) + 1):
-            fast.pulse((torch.sign(pulses) * (pulses.abs() >= k)).to(torch.int8), step)
+        _send(fast, self.stochastic_round(delta.float() * self.chopper[name] / self.step_size[name]).clamp(-cap, cap),
+              step)
 
     def _transfer(self, name: str) -> torch.Tensor:
         """`write: transfer`: read the next `transfer.rows` rows of the fast array through the
